@@ -1,0 +1,76 @@
+"""The Generator protocol: what every generator adapter in gandissect provides."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def per_index_normal(n: int, seed: int, start: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``n`` standard-normal tensors of ``shape``; tensor ``k`` depends only on
+    ``(seed, start + k)`` (its own ``numpy`` stream), never on ``n`` or batching."""
+    if n < 0 or start < 0 or seed < 0:
+        raise ValueError(f"n, start and seed must be non-negative, got n={n}, start={start}, "
+                         f"seed={seed}")
+    out = np.empty((n, *shape), dtype=np.float32)
+    for k in range(n):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, start + k])))
+        out[k] = rng.standard_normal(shape, dtype=np.float32)
+    return torch.from_numpy(out)
+
+
+class Generator(nn.Module, ABC):
+    """A generative image model behind one interface.
+
+    Contract: ``sample_latents(n, seed, start)`` returns latents ``[n, *latent_shape]`` where
+    latent ``i`` depends only on ``(seed, start + i)``; ``forward(z)`` returns images
+    ``[n, 3, R, R]`` in [-1, 1] with ``R == resolution``; ``layer_names`` lists the hookable
+    submodules (their outputs are ``[n, units, h, w]`` feature maps).
+    """
+
+    #: Output side length in pixels.
+    resolution: int
+    #: Shape of one latent (without the batch dimension).
+    latent_shape: tuple[int, ...]
+
+    def sample_latents(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
+        """Latents ``start .. start+n-1`` of ``seed``, on :attr:`device`."""
+        return per_index_normal(n, seed, start, tuple(self.latent_shape)).to(self.device)
+
+    @abstractmethod
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Images ``[n, 3, R, R]`` in [-1, 1] for latents ``z``."""
+
+    @property
+    @abstractmethod
+    def layer_names(self) -> list[str]:
+        """Names of the hookable layers, shallow to deep."""
+
+    def layer(self, name: str) -> nn.Module:
+        """The submodule called ``name``; a wrong name raises a ValueError listing valid ones."""
+        if name not in self.layer_names:
+            raise ValueError(f"unknown layer {name!r} for {type(self).__name__}; "
+                             f"valid layers: {', '.join(self.layer_names)}")
+        return self.get_submodule(name)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def check_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Validate a latent batch (shape, finiteness) and move it to :attr:`device`."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor, got {type(z).__name__}")
+        if tuple(z.shape[1:]) != tuple(self.latent_shape) or z.dim() != len(self.latent_shape) + 1:
+            raise ValueError(f"{type(self).__name__} expects latents of shape "
+                             f"[n, {', '.join(map(str, self.latent_shape))}], got {list(z.shape)}")
+        if z.is_floating_point() and not torch.isfinite(z).all():
+            raise ValueError("latents contain NaN or inf values")
+        return z.to(self.device)

@@ -1,0 +1,38 @@
+"""Segmenter adapters, loaded by name with :func:`load`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from .base import KNOWN_CATEGORIES, Segmenter
+
+#: Bundled segmenters: name -> ("module:callable", one-line description).
+REGISTRY: dict[str, tuple[str, str]] = {
+    "toyworld": ("segmenters.toyworld:load_segmenter",
+                 "small CNN trained on Toyworld scenes (15 object/part concepts)"),
+    "color": ("segmenters.color:ColorSegmenter",
+              "rule-based: one of 11 basic colour names per pixel, works on any image"),
+    "planted": ("segmenters.palette:PaletteSegmenter",
+                "exact labels for the planted generator's flat-colour paintings"),
+}
+
+
+def available() -> dict[str, str]:
+    """Known segmenter names and their descriptions."""
+    return {name: desc for name, (_, desc) in REGISTRY.items()}
+
+
+def load(name: str, device: str = "cpu", **kwargs: Any) -> Segmenter:
+    """The segmenter called ``name`` on ``device``; an unknown name lists the known ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown segmenter {name!r}; known segmenters: "
+                         f"{', '.join(sorted(REGISTRY))}")
+    target, _ = REGISTRY[name]
+    module, attr = target.split(":")
+    factory: Callable[..., Segmenter] = getattr(importlib.import_module(module), attr)
+    return factory(device=device, **kwargs)
+
+
+__all__ = ["KNOWN_CATEGORIES", "REGISTRY", "Segmenter", "available", "load"]
