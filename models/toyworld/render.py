@@ -70,7 +70,8 @@ class _Canvas:
                     lineType=cv2.LINE_8)
 
 
-def _jitter(rng: np.random.Generator, base: tuple[float, float, float], amount: float) -> np.ndarray:
+def _jitter(rng: np.random.Generator, base: tuple[float, float, float],
+            amount: float) -> np.ndarray:
     return np.asarray(base) + rng.uniform(-amount, amount, size=3)
 
 
