@@ -54,6 +54,8 @@ def _layout_seed(z: np.ndarray) -> int:
 class PlantedLayout(nn.Module):
     """Latents -> unit maps ``[n, units, grid, grid]`` (concept masks plus distractors)."""
 
+    _anchor: torch.Tensor
+
     def __init__(self, unit_of_concept: dict[str, int], distractors: list[int], grid: int,
                  render_size: int) -> None:
         super().__init__()
@@ -90,6 +92,8 @@ class PlantedLayout(nn.Module):
 
 class PlantedDecoder(nn.Module):
     """Unit maps -> image in [-1, 1], painting flat palette colours back to front."""
+
+    colors: torch.Tensor
 
     def __init__(self, unit_of_concept: dict[str, int], resolution: int,
                  sharpness: float = 20.0) -> None:
