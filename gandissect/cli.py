@@ -1,0 +1,142 @@
+"""The ``gandissect`` command line. Each subcommand lives in its own module exposing
+``register(subparsers)``; the ones that need only the renderer and the registries live here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imaging import label_palette, make_grid, masks_to_label_image, save_png, to_uint8
+
+#: Modules that add subcommands (each exposes ``register(subparsers)``).
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "gandissect.cli_dissect",
+    "gandissect.cli_quality",
+)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import models
+
+    for name, desc in models.available().items():
+        print(f"{name:12s} {desc}")
+    return 0
+
+
+def _cmd_segmenters(args: argparse.Namespace) -> int:
+    import segmenters
+
+    for name, desc in segmenters.available().items():
+        print(f"{name:12s} {desc}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    """Render Toyworld scenes, optionally segment them, and write grids and masks."""
+    from models.toyworld import CONCEPTS, render_batch
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    out = Path(args.out)
+    images, masks = render_batch(args.seed, 0, args.samples, args.size)
+    leaf_channels = [CONCEPTS.index(c) for c in CONCEPTS if c not in ("tree", "house")]
+    save_png(make_grid(to_uint8(images), ncol=args.ncol, scale=args.scale), out / "scenes.png")
+    save_png(make_grid(masks_to_label_image(masks, leaf_channels), ncol=args.ncol,
+                       scale=args.scale), out / "masks.png")
+    np.savez_compressed(out / "scenes.npz", images=images, masks=masks,
+                        concepts=np.array(CONCEPTS))
+    written = ["scenes.png", "masks.png", "scenes.npz"]
+    if args.segmenter:
+        import segmenters
+
+        seg = segmenters.load(args.segmenter, device=args.device)
+        pred = seg.segment(torch.from_numpy(images)).cpu().numpy()
+        chans = [seg.labels.index(c) for c in seg.labels if c not in ("tree", "house")]
+        save_png(make_grid(masks_to_label_image(pred, chans), ncol=args.ncol, scale=args.scale),
+                 out / f"segmented_{args.segmenter}.png")
+        written.append(f"segmented_{args.segmenter}.png")
+    legend = {c: list(map(int, rgb)) for c, rgb in zip(CONCEPTS, label_palette(len(CONCEPTS)),
+                                                        strict=True)}
+    (out / "legend.json").write_text(json.dumps(legend, indent=1))
+    print(f"wrote {', '.join(written)} and legend.json for {args.samples} scenes to {out}/")
+    return 0
+
+
+def _cmd_eval_segmenter(args: argparse.Namespace) -> int:
+    import segmenters
+    from segmenters.evaluate import HELDOUT_SEED, evaluate
+
+    seg = segmenters.load(args.segmenter, device=args.device)
+    seed = HELDOUT_SEED if args.seed is None else args.seed
+    result = evaluate(seg, samples=args.samples, seed=seed, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{args.segmenter}: mIoU {result['miou']:.4f} over {args.samples} held-out scenes "
+              f"(seed {seed})")
+        for concept, iou in result["per_class"].items():
+            print(f"  {concept:10s} {iou:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="gandissect", description="Dissect, intervene on and paint with GAN units.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("models", help="list the bundled generators")
+    p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("segmenters", help="list the bundled segmenters")
+    p.set_defaults(func=_cmd_segmenters)
+
+    p = sub.add_parser("render", help="render a grid of Toyworld scenes and their masks")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--ncol", type=int, default=8)
+    p.add_argument("--scale", type=int, default=2, help="upscaling of each tile in the grid")
+    p.add_argument("--segmenter", default=None, help="also segment the scenes with this one")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="results/render")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("eval-segmenter", help="mIoU of a segmenter on held-out Toyworld scenes")
+    p.add_argument("--segmenter", default="toyworld")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=None, help="default: the held-out seed")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_eval_segmenter)
+
+    for name in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gandissect`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        print(f"gandissect {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gandissect {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

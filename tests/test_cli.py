@@ -1,0 +1,31 @@
+"""The command line: render writes what it says, errors are clear and exit non-zero."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gandissect.cli import main
+
+
+def test_render_writes_grids_and_masks(tmp_path: Path) -> None:
+    assert main(["render", "--samples", "4", "--out", str(tmp_path), "--segmenter", "color"]) == 0
+    for name in ("scenes.png", "masks.png", "scenes.npz", "legend.json", "segmented_color.png"):
+        assert (tmp_path / name).exists(), name
+    data = np.load(tmp_path / "scenes.npz")
+    assert data["images"].shape == (4, 3, 64, 64) and data["masks"].shape == (4, 15, 64, 64)
+    assert "sky" in json.loads((tmp_path / "legend.json").read_text())
+
+
+def test_listing_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0 and "planted" in capsys.readouterr().out
+    assert main(["segmenters"]) == 0 and "color" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    assert main(["render", "--samples", "0", "--out", str(tmp_path)]) == 2
+    assert "--samples must be >= 1" in capsys.readouterr().err
+    assert main(["render", "--samples", "2", "--segmenter", "nope", "--out", str(tmp_path)]) == 2
+    assert "known segmenters" in capsys.readouterr().err
