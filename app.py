@@ -45,7 +45,7 @@ def sample_view(model: str, segmenter: str, seed: int, count: int
     return grid, labels, "pixel coverage: " + ", ".join(lines)
 
 
-def build_app(model: str = "toyworld", segmenter: str = "toyworld"):  # type: ignore[no-untyped-def]
+def build_app(model: str = "toyworld", segmenter: str = "toyworld"):  # noqa: ANN201
     """The Gradio Blocks of the app (not launched)."""
     import gradio as gr
 
