@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ import torch
 import models
 import segmenters
 from gandissect.imaging import make_grid, masks_to_label_image, to_uint8
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 MAX_SAMPLES = 64
 
@@ -45,7 +49,7 @@ def sample_view(model: str, segmenter: str, seed: int, count: int
     return grid, labels, "pixel coverage: " + ", ".join(lines)
 
 
-def build_app(model: str = "toyworld", segmenter: str = "toyworld"):  # noqa: ANN201
+def build_app(model: str = "toyworld", segmenter: str = "toyworld") -> gr.Blocks:
     """The Gradio Blocks of the app (not launched)."""
     import gradio as gr
 
