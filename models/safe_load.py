@@ -1,0 +1,178 @@
+"""Load checkpoints without executing code from them, and check them against a model.
+
+``.safetensors`` files are read with :mod:`safetensors`; ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
+files with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+A checkpoint that needs any other pickled object (a class whose unpickling could run code) is
+refused with :class:`UnsafeCheckpointError` unless ``trust_pickle=True``, which warns and then
+unpickles it fully: do that only for files from a source you trust.
+
+>>> import tempfile, os, torch
+>>> path = os.path.join(tempfile.mkdtemp(), "w.pth")
+>>> torch.save({"w": torch.ones(2)}, path)
+>>> load_checkpoint(path)["w"].tolist()
+[1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Globals allowed besides tensors and plain containers: rebuilding them runs no user code.
+#: (``argparse.Namespace`` appears in training checkpoints that store their ``args``.)
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+#: Suffixes read with ``torch.load``; ``.safetensors`` is read with safetensors.
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint needs arbitrary pickle code execution to load, and the user did not opt in."""
+
+
+def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Any:
+    """The object stored in ``path`` (usually a dict of tensors), on the CPU.
+
+    Raises :class:`CheckpointError` for a missing, empty, truncated or unreadable file and
+    :class:`UnsafeCheckpointError` for a pickle that needs code execution (unless
+    ``trust_pickle=True``, which emits a warning and loads it with ``weights_only=False``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(p)!r} is empty (0 bytes); delete it and "
+                              "download it again")
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p)
+    if p.suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(f"checkpoint {str(p)!r} has unknown suffix {p.suffix!r}; expected "
+                              f".safetensors or one of {', '.join(TORCH_SUFFIXES)}")
+    return _load_torch(p, trust_pickle)
+
+
+def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read safetensors checkpoint {str(p)!r} (truncated or "
+                              f"not a safetensors file?): {exc}") from exc
+
+
+def _load_torch(p: Path, trust_pickle: bool) -> Any:
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not _is_weights_only_refusal(exc):
+            raise CheckpointError(f"cannot unpickle checkpoint {str(p)!r} (truncated or "
+                                  f"corrupt?): {_first_line(exc)}") from exc
+        culprit = _culprit(exc)
+        if not trust_pickle:
+            raise UnsafeCheckpointError(
+                f"checkpoint {str(p)!r} contains pickled Python objects{culprit} whose loading "
+                "can execute arbitrary code, so it was refused. Convert it to .safetensors or a "
+                "plain state_dict on a machine you trust, or pass trust_pickle=True "
+                "(CLI: --trust-pickle) only if you trust its source.") from exc
+        warnings.warn(f"loading {str(p)!r} with full pickle (trust_pickle=True){culprit}: this "
+                      "runs any code the file contains", UserWarning, stacklevel=3)
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # corrupt file: report, whatever unpickling raised
+            raise CheckpointError(f"cannot load checkpoint {str(p)!r}: {exc2}") from exc2
+    except Exception as exc:  # torch raises many kinds (RuntimeError, EOFError, KeyError...)
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r} (truncated or corrupt?): "
+                              f"{_first_line(exc)}") from exc
+
+
+def _is_weights_only_refusal(exc: BaseException) -> bool:
+    text = str(exc)
+    return "Weights only load failed" in text or "Unsupported global" in text
+
+
+def _culprit(exc: BaseException) -> str:
+    found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    return f" (needs {found[0]})" if found else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unwrap_state_dict(obj: Any, prefer: Sequence[str] = ("state_dict",),
+                      strip_prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """The flat ``name -> tensor`` dict inside a loaded checkpoint.
+
+    If ``obj`` is a dict holding one of the keys in ``prefer`` (checked in order) whose value
+    is a dict, that inner dict is used (e.g. ``{"g_ema": {...}, "latent_avg": ...}``). Non-tensor
+    entries of the result are an error; a leading ``strip_prefix`` (DataParallel) is removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, expected a dict of "
+                              "tensors (a state_dict)")
+    for key in prefer:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint entries {bad[:5]} are not tensors; expected a "
+                              f"state_dict (or a dict with one of the keys {list(prefer)})")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        out[k[len(strip_prefix):] if strip_prefix and k.startswith(strip_prefix) else k] = v
+    return out
+
+
+def _listing(keys: Iterable[str], limit: int = 8) -> str:
+    ks = sorted(keys)
+    more = f" ... (+{len(ks) - limit} more)" if len(ks) > limit else ""
+    return ", ".join(ks[:limit]) + more
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+              optional: Iterable[str] = ()) -> None:
+    """Copy ``state_dict`` into ``module`` after checking keys and shapes.
+
+    Every key of ``module.state_dict()`` must be present except those in ``optional`` (which
+    keep their initial values); no extra key is allowed. Errors name the missing, unexpected
+    and mis-shaped keys and ``what`` (e.g. ``"ProGAN 256x256"``).
+    """
+    own = module.state_dict()
+    opt = set(optional)
+    missing = set(own) - set(state_dict) - opt
+    unexpected = set(state_dict) - set(own)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if shapes:
+        problems.append(f"mismatched shapes: {'; '.join(shapes[:5])}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not match {what}: " + " | ".join(problems) +
+                              ". Is it the right file for this architecture?")
+    module.load_state_dict(dict(state_dict), strict=False)
+
+
+__all__ = ["CheckpointError", "SAFE_GLOBALS", "UnsafeCheckpointError", "load_checkpoint",
+           "load_into", "unwrap_state_dict"]
