@@ -12,7 +12,8 @@ regenerates exactly what pass 1 saw):
    it, of all / per-concept / per-category pixels. ``t_u`` is the sub-bin edge whose exact count
    above is nearest ``q * N * P``; IoU is then exact at ``t_u``.
    With ``threshold="iqr"``: exact per-concept histograms over the whole range instead, and per
-   unit-concept the edge maximising ``I(A;S) / H(A,S)``.
+   unit-concept the edge maximising ``I(A;S) / H(A,S)``; pairs whose best ratio stays below
+   ``min_iqr`` (default 0.01) cannot label the unit (see :attr:`LayerResult.score`).
 
 ``category_conditioned=True`` (Broden style): the union for concept ``c`` counts only pixels of
 images where ``c``'s category is present, i.e. where some concept of that category has at least
@@ -64,6 +65,7 @@ class DissectConfig:
     bins: int = 2048
     fine_log2: int = 8
     iqr_bins: int = 256
+    min_iqr: float = 0.01
     model: str = ""
     segmenter: str = ""
 
@@ -209,6 +211,7 @@ def _finish_quantile(st: _LayerState, cat_of: torch.Tensor, cfg: DissectConfig
             "intersection": at["intersection"], "above": at["above"],
             "concept_pixels": c.concept_pixels,
             "frac_above": at["above"].double() / max(pixels, 1),
+            "iqr": torch.zeros(c.above_concept.shape, dtype=torch.float64),
             "rank_error": at["bin_mass"].double() / max(pixels, 1)}
 
 
@@ -249,6 +252,7 @@ def _finish_iqr(st: _LayerState, cat_of: torch.Tensor, cfg: DissectConfig
     pixels = max(int(h.images) * P, 1)
     return {"thresholds": h.edges().gather(1, j),
             "iou": _iou(inter_j, above_j, h.concept_pixels[None]),
+            "iqr": iqr.gather(1, j[:, None]).squeeze(1),
             "intersection": inter_j, "above": above_all_j,
             "concept_pixels": h.concept_pixels,
             "frac_above": above_all_j.double().mean(1) / pixels,
@@ -298,8 +302,9 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     With ``out``, statistics are saved there atomically every ``checkpoint_seconds`` and at the
     end of each pass; calling again with the same arguments resumes from the saved state and
     returns exactly what an uninterrupted run returns. A folder holding a run with other
-    arguments raises :class:`DissectMismatchError`. ``extra`` may set ``bins``, ``fine_log2``,
-    ``iqr_bins``, ``model``, ``segmenter`` (names recorded in the config).
+    arguments raises :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called
+    after each batch (and its checkpoint, if due). ``extra`` may set ``bins``, ``fine_log2``,
+    ``iqr_bins``, ``min_iqr``, ``model``, ``segmenter`` (names recorded in the config).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
@@ -387,11 +392,11 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
                 next_sample += n
                 if bar is not None:
                     bar.update(n)
-                if on_batch is not None:
-                    on_batch(phase, next_sample)
                 if state_path is not None and time.monotonic() - last_save >= checkpoint_seconds:
                     _save_state(state_path, cfg, phase, next_sample, states)
                     last_save = time.monotonic()
+                if on_batch is not None:
+                    on_batch(phase, next_sample)
             phase, next_sample = phase + 1, 0
             if state_path is not None:
                 _save_state(state_path, cfg, phase, next_sample, states)
@@ -402,7 +407,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     for name in names:
         st = states[name]
         fin = (_finish_quantile if cfg.threshold == "quantile" else _finish_iqr)(st, cat_of, cfg)
-        meta = asdict(cfg)
+        meta = json.loads(json.dumps(asdict(cfg)))
         meta.update(layer_shape=[st.units, *st.src], seg_shape=list(dst),
                     category_names=cat_names)
         results[name] = LayerResult(

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 _ARRAYS = ("thresholds", "iou", "intersection", "above", "concept_pixels", "topk_indices",
-           "topk_values", "frac_above", "rank_error")
+           "topk_values", "frac_above", "rank_error", "iqr")
 
 
 def layer_filename(layer: str) -> str:
@@ -41,7 +41,8 @@ class LayerResult:
     the exact ``|A > t and S_c|``; ``concept_pixels[c]`` the exact ``|S_c|`` over all
     ``pixels`` (= samples x segmentation pixels). ``frac_above``/``rank_error`` (quantile mode):
     exact fraction of pixels above ``t_u`` and the bound on ``|frac_above - fraction above the
-    exact quantile|``. ``topk_indices[u]``: samples with the largest maximum raw activation.
+    exact quantile|``. ``iqr[u, c]`` (``iqr`` mode): information quality ratio
+    ``I(A;S)/H(A,S)`` at the chosen threshold. ``topk_indices[u]``: samples with the largest maximum raw activation.
     """
 
     layer: str
@@ -56,6 +57,7 @@ class LayerResult:
     topk_values: np.ndarray
     frac_above: np.ndarray
     rank_error: np.ndarray
+    iqr: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,13 +69,25 @@ class LayerResult:
         return float(self.meta.get("iou_threshold", 0.04))
 
     @property
+    def score(self) -> np.ndarray:
+        """IoU used for labels: in ``iqr`` mode, pairs whose information quality ratio is below
+        ``meta["min_iqr"]`` score 0 (an uninformative unit thresholded near its median still
+        overlaps a concept covering 40% of pixels with IoU ~0.3, by chance)."""
+        if self.meta.get("threshold") == "iqr":
+            return np.where(self.iqr >= float(self.meta.get("min_iqr", 0.0)), self.iou, 0.0)
+        return self.iou
+
+    @property
     def best_concept(self) -> np.ndarray:
-        """Index of each unit's label (argmax IoU; first on ties)."""
-        return self.iou.argmax(1) if self.iou.shape[1] else np.zeros(self.units, dtype=np.int64)
+        """Index of each unit's label (argmax of :attr:`score`; first on ties)."""
+        score = self.score
+        return score.argmax(1) if score.shape[1] else np.zeros(self.units, dtype=np.int64)
 
     @property
     def best_iou(self) -> np.ndarray:
-        return self.iou.max(1) if self.iou.shape[1] else np.zeros(self.units)
+        """Each unit's :attr:`score` for its label."""
+        score = self.score
+        return score.max(1) if score.shape[1] else np.zeros(self.units)
 
     @property
     def unit_labels(self) -> list[str]:
