@@ -224,7 +224,7 @@ def test_bad_inputs_have_clear_errors() -> None:
     gen, seg = TinyGenerator(), TinySegmenter()
     with pytest.raises(ValueError, match="valid layers: a, b, flat"):
         dissect(gen, seg, "nope", samples=4, seed=0)
-    with pytest.raises(ValueError, match=r"layer 'flat' output has shape \[1, 16\]"):
+    with pytest.raises(ValueError, match=r"layer 'flat' output has shape \[1, 64\]"):
         dissect(gen, seg, "flat", samples=4, seed=0)
     z7 = gen.sample_latents(10, 0)[7]
     bad = TinyGenerator(nan_latent=z7)
