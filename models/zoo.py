@@ -12,6 +12,7 @@ The cache folder is ``$GANDISSECT_CACHE`` or ``~/.cache/gandissect``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import sys
@@ -200,7 +201,7 @@ def _stream(url: str, out: Any, timeout: float, progress: bool,
                     h.update(block)
                     size += len(block)
                     bar.update(len(block))
-    except OSError as exc:  # URLError, HTTPError, timeouts, connection resets
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, IncompleteRead
         raise DownloadError(f"download of {url} failed after {size} bytes: {exc}") from exc
     return h.hexdigest(), size, total
 
