@@ -46,10 +46,10 @@ class TinyGenerator(Generator):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = self.check_latents(z)
         x = self.a(self.fc(z).view(-1, 8, 4, 4))
-        x = self.b(F.interpolate(x, scale_factor=2.0))
         if self.nan_latent is not None:
             hit = (z == self.nan_latent).all(1)
             x = torch.where(hit[:, None, None, None], float("nan"), x)
+        x = self.b(F.interpolate(x, scale_factor=2.0))
         self.flat(x[:, :1])
         return torch.tanh(self.rgb(F.interpolate(x, scale_factor=2.0)))
 
