@@ -1,0 +1,142 @@
+"""Causal effects on the planted generator, whose units are ground truth, and brute-force checks."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+import segmenters
+from gandissect.causal import (
+    EffectStats,
+    ExactQuantile,
+    causal_effect,
+    measure,
+    random_units,
+    unit_statistics,
+)
+from gandissect.intervene import Edit, intervene
+from models.toyworld import CONCEPTS
+
+
+@pytest.fixture(scope="module")
+def gen() -> models.Generator:
+    return models.load("planted")
+
+
+@pytest.fixture(scope="module")
+def seg() -> segmenters.Segmenter:
+    return segmenters.load("planted")
+
+
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.3, 0.5, 0.9, 0.99, 1.0])
+def test_exact_quantile_matches_torch(q: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 1001, generator=g)
+    x[1] = x[1].round()  # ties
+    est = ExactQuantile(q, x.shape[1])
+    for chunk in x.split([1, 500, 300, 200], dim=1):
+        est.add(chunk)
+    torch.testing.assert_close(est.result(), torch.quantile(x, q, dim=1))
+    assert est.keep <= max(2, int(min(q, 1 - q) * 1001) + 2)
+
+
+def test_unit_statistics_match_brute_force(gen: models.Generator,
+                                           seg: segmenters.Segmenter) -> None:
+    st = unit_statistics(gen, "layout", samples=7, seed=4, q=0.95, segmenter=seg,
+                         concept="sky", batch_size=3)
+    z = gen.sample_latents(7, seed=4)
+    act = gen.layout(z)
+    flat = act.transpose(0, 1).reshape(act.shape[1], -1)
+    torch.testing.assert_close(st.quantile, torch.quantile(flat, 0.95, dim=1))
+    sky = seg.segment(gen(z))[:, CONCEPTS.index("sky")].float()
+    present = F.avg_pool2d(sky[:, None], 2)[:, 0] > 0.5
+    want = (act * present[:, None]).sum(dim=(0, 2, 3)) / present.sum()
+    torch.testing.assert_close(st.concept_mean, want)
+    assert st.present_cells == int(present.sum())
+    # the sky unit is (about) 1 where the sky is, distractors are not
+    assert st.concept_mean[gen.planted_units["sky"]] > 0.95
+    torch.testing.assert_close(st.values([2, 0]), st.quantile[[2, 0]])
+
+
+def test_ablating_planted_units_removes_their_concepts(gen: models.Generator,
+                                                       seg: segmenters.Segmenter) -> None:
+    res = causal_effect(gen, seg, "tree", [gen.planted_units["tree"]], "layout", samples=24,
+                        seed=3, random_baseline=False)
+    assert res.effect.before > 0.02 and res.effect.relative <= -0.99
+    z = gen.sample_latents(24, seed=3)
+    base = seg.segment(gen(z))
+    for c, concept in enumerate(CONCEPTS):  # every concept
+        with intervene(gen, Edit("layout", [gen.planted_units[concept]])):
+            after = seg.segment(gen(z))[:, c]
+        assert base[:, c].sum() > 0, concept
+        assert after.sum() <= 0.01 * base[:, c].sum(), concept
+
+
+def test_random_baseline_and_distractors(gen: models.Generator,
+                                         seg: segmenters.Segmenter) -> None:
+    unit = gen.planted_units["grass"]
+    res = causal_effect(gen, seg, "grass", [unit], "layout", samples=30, seed=1)
+    assert res.random is not None and res.random.units[0] != unit
+    assert res.random.before == res.effect.before  # same samples
+    assert res.random.units == tuple(random_units(20, 1, [unit], 1))
+    lo, hi = res.effect.ci95
+    assert lo <= res.effect.absolute <= hi and hi < 0
+    d = res.effect.changes
+    half = 1.959963984540054 * d.std(ddof=1) / np.sqrt(len(d))
+    assert np.isclose(hi - lo, 2 * half)
+    sets = [[Edit("layout", [u])] for u in gen.distractor_units]
+    before, after = measure(gen, seg, "grass", sets, samples=30, seed=1)
+    assert np.abs(after.mean(1) - before.mean(1)).max() < 0.01 * before.mean()
+    d5 = causal_effect(gen, seg, "sky", gen.distractor_units, "layout", mode="insert",
+                       samples=20, seed=2, random_baseline=False)
+    assert abs(d5.effect.relative) < 0.01
+
+
+def test_random_units_are_local_and_exclusive() -> None:
+    a = random_units(20, 5, [1, 2, 3], seed=7)
+    assert a == random_units(20, 5, [1, 2, 3], seed=7) and not set(a) & {1, 2, 3}
+    assert len(set(a)) == 5 and a != random_units(20, 5, [1, 2, 3], seed=8)
+    with pytest.raises(ValueError, match="only 2 units"):
+        random_units(4, 3, [0, 1], seed=0)
+
+
+def test_insertion_in_a_mask_paints_inside_only(gen: models.Generator,
+                                                seg: segmenters.Segmenter) -> None:
+    mask = torch.zeros(32, 32)
+    mask[4:14, 6:26] = 1
+    units = [gen.planted_units["tree"], gen.planted_units["crown"]]
+    res = causal_effect(gen, seg, "tree", units, "layout", mode="insert", samples=20, seed=5,
+                        mask=mask)
+    assert res.inside is not None and res.random_inside is not None
+    assert res.inside.after > 0.8 and res.inside.absolute > 0.5
+    assert abs(res.random_inside.absolute) < 0.01
+    # outside the mask nothing changes
+    stats = unit_statistics(gen, "layout", samples=20, seed=5)
+    edit = Edit("layout", units, replacement=stats.values(units), mask=mask)
+    grown = torch.zeros(32, 32)
+    grown[3:15, 5:27] = 1  # bilinear upsampling bleeds one image pixel beyond the mask
+    outside = F.interpolate(1 - grown[None, None], size=(64, 64))[0] > 0.5
+    before, after = measure(gen, seg, "tree", [[edit]], 20, 5, [outside])
+    np.testing.assert_array_equal(before, after)
+    # per-sample masks: only sample 0 gets the tree
+    per = torch.zeros(20, 32, 32)
+    per[0] = mask
+    b, a = measure(gen, seg, "tree", [[Edit("layout", units, replacement=1.0, mask=per)]],
+                   20, 5, batch_size=8)
+    assert a[0, 0] > b[0, 0] + 0.05 and np.array_equal(a[0, 1:], b[0, 1:])
+
+
+def test_effect_stats_and_errors(gen: models.Generator, seg: segmenters.Segmenter) -> None:
+    e = EffectStats.from_arrays([1], np.array([0.2, 0.4, np.nan]), np.array([0.1, 0.1, 0.5]))
+    assert e.samples == 2 and np.isclose(e.absolute, -0.2) and np.isclose(e.relative, -0.2 / 0.3)
+    with pytest.raises(ValueError, match="known concepts"):
+        causal_effect(gen, seg, "dragon", [0], "layout", samples=2)
+    with pytest.raises(ValueError, match="has 20 units"):
+        causal_effect(gen, seg, "sky", [0, 40], "layout", samples=2)
+    with pytest.raises(ValueError, match="valid layers"):
+        causal_effect(gen, seg, "sky", [0], "conv9", samples=2)
+    with pytest.raises(ValueError, match="one per sample"):
+        causal_effect(gen, seg, "sky", [0], "layout", samples=4, mask=torch.ones(3, 32, 32))
+    with pytest.raises(ValueError, match="never present"):
+        unit_statistics(gen, "layout", samples=1, seed=0, segmenter=seg, concept="sun")
