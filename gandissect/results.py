@@ -42,7 +42,8 @@ class LayerResult:
     ``pixels`` (= samples x segmentation pixels). ``frac_above``/``rank_error`` (quantile mode):
     exact fraction of pixels above ``t_u`` and the bound on ``|frac_above - fraction above the
     exact quantile|``. ``iqr[u, c]`` (``iqr`` mode): information quality ratio
-    ``I(A;S)/H(A,S)`` at the chosen threshold. ``topk_indices[u]``: samples with the largest maximum raw activation.
+    ``I(A;S)/H(A,S)`` at the chosen threshold. ``topk_indices[u]``: samples with the largest
+    maximum raw activation.
     """
 
     layer: str

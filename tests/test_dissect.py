@@ -93,8 +93,8 @@ def test_quantile_mode_matches_brute_force(q: float) -> None:
         up, masks = reference(gen, seg, layer, 150, 3)
         t_ref, iou_ref = brute_force(up, masks, q)
         r = res[layer]
-        frac = (up.double() > torch.from_numpy(r.thresholds)[None, :, None, None]).double()
-        frac = frac.mean((0, 2, 3)).numpy()
+        on = up.double() > torch.from_numpy(r.thresholds)[None, :, None, None]
+        frac = on.double().mean((0, 2, 3)).numpy()
         assert np.allclose(frac, r.frac_above)                       # reported fraction is exact
         assert np.all(np.abs(r.frac_above - q) <= 0.001)
         assert np.all(np.abs(r.frac_above - q) <= r.rank_error + 1.0 / up[:, 0].numel())
@@ -231,7 +231,7 @@ def test_bad_inputs_have_clear_errors() -> None:
     with pytest.raises(ValueError, match="layer 'b' produced NaN or inf activations for sample 7"):
         dissect(bad, seg, "b", samples=10, seed=0, batch_size=4)
     wrong = TinySegmenter()
-    wrong.output_size = lambda h, w: (h, w + 1)  # type: ignore[method-assign]
+    wrong.output_size = lambda h, w: (h, w + 1)  # type: ignore[method-assign,assignment]
     with pytest.raises(ValueError, match="segmenter returned masks"):
         dissect(gen, wrong, "a", samples=4, seed=0)
     with pytest.raises(ValueError, match="threshold must be"):
@@ -243,8 +243,10 @@ def test_planted_units_found_with_iqr() -> None:
     import segmenters
     gen, seg = models.load("planted"), segmenters.load("planted")
     r = dissect(gen, seg, "layout", samples=60, seed=1, batch_size=30, threshold="iqr")["layout"]
-    for concept, unit in gen.planted_units.items():
+    planted: dict[str, int] = gen.planted_units  # type: ignore[assignment]
+    distractors: list[int] = gen.distractor_units  # type: ignore[assignment]
+    for concept, unit in planted.items():
         assert r.unit_labels[unit] == concept
         assert r.best_iou[unit] >= 0.9, (concept, r.best_iou[unit])
-    assert not r.interpretable[gen.distractor_units].any()
-    assert r.interpretable.sum() == len(gen.planted_units)
+    assert not r.interpretable[distractors].any()
+    assert r.interpretable.sum() == len(planted)
