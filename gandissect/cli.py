@@ -20,6 +20,7 @@ from .imaging import label_palette, make_grid, masks_to_label_image, save_png, t
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_dissect",
     "gandissect.cli_quality",
+    "gandissect.cli_zoo",
 )
 
 

@@ -4,6 +4,7 @@ cache, progress, sha256 verification, atomic rename, and loading tiny models thr
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -228,3 +229,25 @@ def test_load_zoo_model_errors(tmp_path: Path) -> None:
     torch.save(g.state_dict(), tmp_path / "flat.pt")
     with pytest.raises(ValueError, match="not a GAN Dissection ProGAN"):
         load_zoo_model("progan", path=tmp_path / "flat.pt")
+
+
+def test_cli_zoo_lists_and_downloads(server: _Server, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from gandissect.cli import main
+
+    data = b"weights" * 100
+    server.files["w-x.pth"] = data
+    entry = ZooEntry("progan-cli", "progan", 32, server.url + "w-x.pth", _sha(data), "test",
+                     zoo.progan_layers(32))
+    monkeypatch.setitem(zoo.ZOO, entry.name, entry)
+    cache = tmp_path / "c"
+    assert main(["zoo", "--cache-dir", str(cache)]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("progan-cli")][0]
+    assert line.split()[1:4] == ["progan", "32", "no"]
+    assert main(["zoo", "--cache-dir", str(cache), "--download", "progan-cli", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache / "w-x.pth")
+    assert main(["zoo", "--cache-dir", str(cache), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["progan-cli"]["cached"] is True and rows["progan-church"]["cached"] is False
+    assert main(["zoo", "--download", "nope"]) == 2
