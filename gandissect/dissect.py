@@ -66,8 +66,8 @@ class DissectConfig:
     fine_log2: int = 8
     iqr_bins: int = 256
     min_iqr: float = 0.01
-    model: str = ""
-    segmenter: str = ""
+    model_name: str = ""
+    segmenter_name: str = ""
 
     def check(self) -> None:
         if not self.layers:
@@ -304,7 +304,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     returns exactly what an uninterrupted run returns. A folder holding a run with other
     arguments raises :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called
     after each batch (and its checkpoint, if due). ``extra`` may set ``bins``, ``fine_log2``,
-    ``iqr_bins``, ``min_iqr``, ``model``, ``segmenter`` (names recorded in the config).
+    ``iqr_bins``, ``min_iqr``, ``model_name``, ``segmenter_name`` (recorded in the config).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
