@@ -18,17 +18,30 @@ REGISTRY: dict[str, tuple[str, str]] = {
 
 
 def available() -> dict[str, str]:
-    """Known generator names and their descriptions."""
-    return {name: desc for name, (_, desc) in REGISTRY.items()}
+    """Known generator names (bundled, then zoo) and their descriptions."""
+    from .zoo import ZOO
+
+    out = {name: desc for name, (_, desc) in REGISTRY.items()}
+    out.update({name: f"{e.description} (download, {e.resolution}px)" for name, e in ZOO.items()})
+    return out
 
 
 def load(name: str, device: str = "cpu", **kwargs: Any) -> Generator:
-    """The bundled generator called ``name``, in eval mode on ``device``.
+    """The generator called ``name``, in eval mode on ``device``.
 
-    An unknown name raises a ValueError listing the known ones.
+    Bundled models (:data:`REGISTRY`) load from the package; zoo models (``models.zoo.ZOO``)
+    and families with ``path=`` go through :func:`models.zoo.load_zoo_model` (verified,
+    cached download; ``trust_pickle`` etc. pass through). An unknown name raises a ValueError
+    listing the known ones.
     """
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}")
+        from .zoo import FAMILIES, ZOO, load_zoo_model
+
+        if name in ZOO or name in FAMILIES:
+            return load_zoo_model(name, device=device, **kwargs)
+        raise ValueError(f"unknown model {name!r}; known models: "
+                         f"{', '.join(sorted(REGISTRY) + sorted(ZOO))}; families (with path=): "
+                         f"{', '.join(FAMILIES)}")
     target, _ = REGISTRY[name]
     module, attr = target.split(":")
     factory: Callable[..., Generator] = getattr(importlib.import_module(module), attr)
