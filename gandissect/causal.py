@@ -324,13 +324,15 @@ def causal_effect(generator: Generator, segmenter: Segmenter, concept: str, unit
                   layer: str, mode: Mode = "ablate", samples: int = 200, seed: int = 0,
                   mask: torch.Tensor | None = None, random_baseline: bool = True,
                   replacement: float | torch.Tensor | None = None, alpha: float = 1.0,
-                  stats: UnitStatistics | None = None, q: float = 0.99, batch_size: int = 32
+                  stats: UnitStatistics | None = None, q: float = 0.99,
+                  source: Literal["quantile", "concept"] = "quantile", batch_size: int = 32
                   ) -> CausalEffect:
     """ACE of ablating (replacement 0) or inserting ``units`` of ``layer`` on ``concept``.
 
     For ``mode="insert"`` the replacement defaults to each unit's ``q`` quantile from ``stats``
-    (computed with :func:`unit_statistics` on the same samples when not given); a scalar or
-    per-unit ``replacement`` overrides it. With ``random_baseline`` the same is measured for
+    (computed with :func:`unit_statistics` on the same samples when not given), or with
+    ``source="concept"`` its mean where the concept is present; a scalar or per-unit
+    ``replacement`` overrides it. With ``random_baseline`` the same is measured for
     ``len(units)`` random units of the layer (see :func:`random_units`). With a ``mask``
     (``[h, w]`` or ``[n, h, w]`` at the layer's resolution) the edit acts only there, and the
     effect is also measured inside the mask.
@@ -348,7 +350,9 @@ def causal_effect(generator: Generator, segmenter: Segmenter, concept: str, unit
         replacement.dim() == 0
     need_stats = mode == "insert" and (replacement is None or (rand and not scalar))
     if need_stats and stats is None:
-        stats = unit_statistics(generator, layer, samples, seed, q=q, batch_size=batch_size)
+        con = (segmenter, concept) if source == "concept" else (None, None)
+        stats = unit_statistics(generator, layer, samples, seed, q=q, segmenter=con[0],
+                                concept=con[1], batch_size=batch_size)
 
     def values(us: list[int], given: float | torch.Tensor | None) -> float | torch.Tensor:
         if mode == "ablate":
@@ -356,7 +360,7 @@ def causal_effect(generator: Generator, segmenter: Segmenter, concept: str, unit
         if given is not None:
             return given
         assert stats is not None
-        return stats.values(us)
+        return stats.values(us, source)
 
     sets = [[Edit(layer, chosen, alpha=alpha, replacement=values(chosen, replacement),
                   mask=mask)]]

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_dissect",
     "gandissect.cli_quality",
     "gandissect.cli_zoo",
+    "gandissect.cli_intervene",
 )
 
 

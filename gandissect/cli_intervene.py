@@ -1,0 +1,264 @@
+"""CLI subcommands ``ablate`` and ``insert``: measure the causal effect of a unit set on a concept.
+
+``gandissect ablate --model planted --segmenter planted --layer layout --concept tree
+--top-k 2 --rank-by ace --samples 200 --seed 0 --out results/ablate --json``
+writes ``result.json``, ``effect_vs_k.png`` (top-k vs random units), ``before_after.png``
+(rows: original, edited, random units edited) and, for ``insert --heatmap``, ``heatmap.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .causal import causal_effect, random_units, unit_statistics
+from .imaging import make_grid, save_png, to_uint8
+from .intervene import Edit, intervene, layer_shape
+from .ranking import (
+    UnitRanking,
+    default_ks,
+    effect_sweep,
+    optimize_alpha,
+    plot_sweep,
+    rank_by_iou,
+    single_unit_ace,
+)
+
+
+def parse_units(text: str) -> list[int]:
+    """``"3,17"`` -> ``[3, 17]`` with a clear error for anything else."""
+    try:
+        units = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--units must be comma-separated unit indices like 3,17; got {text!r}"
+                         ) from None
+    if not units:
+        raise ValueError("--units is empty; give unit indices like 3,17")
+    return units
+
+
+def load_mask(args: argparse.Namespace, h: int, w: int) -> torch.Tensor | None:
+    """The spatial mask from ``--box y0,x0,y1,x1`` (layer cells, end exclusive) or ``--mask``
+    (a ``.npy`` array in [0, 1] or a grayscale PNG, any size; resized by the Edit rule)."""
+    if args.box and args.mask:
+        raise ValueError("give --box or --mask, not both")
+    if args.box:
+        try:
+            y0, x0, y1, x1 = (int(t) for t in args.box.split(","))
+        except ValueError:
+            raise ValueError(f"--box must be y0,x0,y1,x1 (layer cells), got {args.box!r}"
+                             ) from None
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise ValueError(f"--box {args.box} does not fit the layer grid {h}x{w} "
+                             "(need 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w)")
+        m = torch.zeros(h, w)
+        m[y0:y1, x0:x1] = 1.0
+        return m
+    if args.mask:
+        path = Path(args.mask)
+        if not path.exists():
+            raise FileNotFoundError(f"mask file {path} does not exist")
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False).astype(np.float32)
+        else:
+            from PIL import Image
+
+            arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+        mask = torch.from_numpy(arr)
+        Edit(args.layer, [0], mask=mask)  # validates dimensions and range
+        return mask
+    return None
+
+
+def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int) -> UnitRanking:
+    method = args.rank_by or ("iou" if args.dissection else "ace")
+    if method == "iou":
+        if not args.dissection:
+            raise ValueError("--rank-by iou needs --dissection PATH (the output folder of "
+                             "`gandissect dissect`); or use --rank-by ace")
+        from .results import load_results
+
+        results = load_results(args.dissection)
+        if args.layer not in results:
+            raise ValueError(f"dissection {args.dissection} has no layer {args.layer!r}; "
+                             f"it has: {', '.join(results)}")
+        return rank_by_iou(results[args.layer], args.concept)
+    if method == "ace":
+        return single_unit_ace(gen, seg, args.concept, args.layer, rank_samples, args.seed,
+                               batch_size=args.batch_size)
+    return optimize_alpha(gen, seg, args.concept, args.layer, mode="ablate",
+                          samples=rank_samples, seed=args.seed, batch_size=args.batch_size)
+
+
+@torch.no_grad()
+def _grid(gen: Any, edits: list[list[Edit]], n: int, seed: int) -> np.ndarray:
+    """Rows: the unedited samples, then each edit set applied to the same latents."""
+    z = gen.sample_latents(n, seed)
+    rows = [gen(z)]
+    for es in edits:
+        with intervene(gen, *es):
+            rows.append(gen(z))
+    return make_grid(to_uint8(torch.cat(rows)), ncol=n, scale=2)
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN floats by None (strict JSON)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def run(args: argparse.Namespace, mode: str) -> int:
+    """Rank or take units, measure the effect, sweep k, write JSON, plot and grids."""
+    import models
+    import segmenters
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    t0 = time.time()
+    gen = models.load(args.model, device=args.device)
+    seg = segmenters.load(args.segmenter, device=args.device)
+    seg.label_index(args.concept)
+    n_units, h, w = layer_shape(gen, args.layer)
+    mask = load_mask(args, h, w)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank_samples = args.rank_samples or min(args.samples, 100)
+    ranking = None
+    if args.units:
+        units = parse_units(args.units)
+        Edit(args.layer, units).check_layer(n_units, h, w)
+        order: list[int] = units
+    else:
+        if not 1 <= args.top_k <= n_units:
+            raise ValueError(f"--top-k must be in 1..{n_units} (units of layer {args.layer!r}), "
+                             f"got {args.top_k}")
+        ranking = _ranking(args, gen, seg, rank_samples)
+        units = ranking.top(args.top_k)
+        order = list(ranking.order)
+    stats = None
+    source = args.replacement
+    if mode == "insert":
+        con = (seg, args.concept) if source == "concept" else (None, None)
+        stats = unit_statistics(gen, args.layer, args.samples, args.seed, q=args.q,
+                                segmenter=con[0], concept=con[1], batch_size=args.batch_size)
+    res = causal_effect(gen, seg, args.concept, units, args.layer, mode=mode,  # type: ignore[arg-type]
+                        samples=args.samples, seed=args.seed, mask=mask,
+                        random_baseline=not args.no_random, stats=stats, source=source,
+                        batch_size=args.batch_size)
+    files = ["result.json"]
+    ks = default_ks(len(units))
+    name = "units" if ranking is None else ranking.method
+    sweep = effect_sweep(gen, seg, args.concept, args.layer, {name: order}, ks,
+                         mode=mode, samples=args.sweep_samples or min(args.samples, 100),  # type: ignore[arg-type]
+                         seed=args.seed, random_baseline=not args.no_random, stats=stats,
+                         batch_size=args.batch_size)
+    plot_sweep(sweep, ks, out / "effect_vs_k.png",
+               title=f"{mode} {args.concept} @ {args.layer} ({args.model})")
+    files.append("effect_vs_k.png")
+
+    def rep(us: list[int]) -> float | torch.Tensor:
+        return 0.0 if stats is None else stats.values(us, source)
+
+    grid_edits = [[Edit(args.layer, units, replacement=rep(units), mask=mask)]]
+    if not args.no_random:
+        rand = random_units(n_units, len(units), units, args.seed)
+        grid_edits.append([Edit(args.layer, rand, replacement=rep(rand), mask=mask)])
+    save_png(_grid(gen, grid_edits, min(8, args.samples), args.seed), out / "before_after.png")
+    files.append("before_after.png")
+    heat = None
+    if mode == "insert" and args.heatmap:
+        from .insertion import insertion_heatmap, plot_heatmap
+
+        heat = insertion_heatmap(gen, seg, args.concept, units, args.layer,
+                                 samples=args.heatmap_samples, seed=args.seed,
+                                 size=args.heatmap_size, stats=stats,
+                                 batch_size=args.batch_size)
+        plot_heatmap(heat, out / "heatmap.png")
+        files.append("heatmap.png")
+    result: dict[str, Any] = {
+        "command": mode, "model": args.model, "segmenter": args.segmenter,
+        "layer": args.layer, "concept": args.concept, "units": units,
+        "samples": args.samples, "seed": args.seed, "rank_by": None if ranking is None
+        else ranking.method, "ranking": None if ranking is None else ranking.to_dict(
+            min(len(ranking.order), max(20, len(units)))),
+        "mask": None if mask is None else {"shape": list(mask.shape),
+                                           "area": float(mask.float().mean())},
+        "replacement": None if stats is None else {
+            "source": source, "q": args.q,
+            "values": [float(v) for v in stats.values(units, source)]},
+        **res.to_dict(),
+        "sweep": {"ks": ks, **{k: [e.to_dict() for e in v] for k, v in sweep.items()}},
+        "heatmap": None if heat is None else heat.to_dict(),
+        "files": files, "seconds": round(time.time() - t0, 2),
+    }
+    (out / "result.json").write_text(json.dumps(_clean(result), indent=1))
+    if args.json:
+        print(json.dumps(_clean(result), indent=1))
+    else:
+        e = res.effect
+        line = (f"{mode} {args.concept} units {units} @ {args.layer}: concept fraction "
+                f"{e.before:.4f} -> {e.after:.4f} ({e.relative:+.1%}, 95% CI "
+                f"[{e.ci95[0]:+.4f}, {e.ci95[1]:+.4f}])")
+        if res.random is not None:
+            line += f"; {len(units)} random units: {res.random.relative:+.1%}"
+        print(line)
+        print(f"wrote {', '.join(files)} to {out}/")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
+    p.add_argument("--model", default="toyworld", help="generator name (gandissect models)")
+    p.add_argument("--segmenter", default="toyworld", help="segmenter name")
+    p.add_argument("--layer", required=True, help="layer to edit")
+    p.add_argument("--concept", required=True, help="concept to measure")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--units", help="comma-separated unit indices, e.g. 3,17")
+    g.add_argument("--top-k", type=int, help="use the k best units of a ranking")
+    p.add_argument("--rank-by", choices=("iou", "ace", "optimized"), default=None,
+                   help="ranking for --top-k (default: iou with --dissection, else ace)")
+    p.add_argument("--dissection", default=None, help="dissection output folder (for iou)")
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--rank-samples", type=int, default=None, help="default min(samples, 100)")
+    p.add_argument("--sweep-samples", type=int, default=None, help="default min(samples, 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--box", default=None, help="edit only in y0,x0,y1,x1 (layer cells)")
+    p.add_argument("--mask", default=None, help="edit only inside this mask (.npy or .png)")
+    p.add_argument("--no-random", action="store_true", help="skip the random-unit baseline")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", default=f"results/{mode}")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    if mode == "insert":
+        p.add_argument("--replacement", choices=("quantile", "concept"), default="quantile",
+                       help="insert each unit's q quantile or its mean where the concept is")
+        p.add_argument("--q", type=float, default=0.99)
+        p.add_argument("--heatmap", action="store_true",
+                       help="also map where insertion succeeds (square at each location)")
+        p.add_argument("--heatmap-size", type=int, default=4, help="square side (layer cells)")
+        p.add_argument("--heatmap-samples", type=int, default=16)
+    else:
+        p.set_defaults(replacement="quantile", q=0.99, heatmap=False)
+    p.set_defaults(func=lambda args: run(args, mode))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``ablate`` and ``insert`` subcommands."""
+    _add_common(subparsers.add_parser(
+        "ablate", help="switch units off and measure the concept's change (ACE)"), "ablate")
+    _add_common(subparsers.add_parser(
+        "insert", help="switch units on (optionally in a region) and measure the concept"),
+        "insert")

@@ -1,0 +1,210 @@
+"""Rank a layer's units by how much they cause a concept, and sweep effects over the top k.
+
+* :func:`rank_by_iou` - from a dissection result (:class:`gandissect.results.LayerResult`);
+* :func:`single_unit_ace` - each unit ablated alone, ranked by the drop of the concept;
+* :func:`optimize_alpha` - per-unit ablation (or insertion) strengths ``alpha`` learned by
+  gradient descent through the segmenter's soft scores with an L1 sparsity penalty (ICLR 2019);
+* :func:`effect_sweep` / :func:`plot_sweep` - effect of the top-k units vs k, beside k random units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.base import Generator
+from segmenters.base import Segmenter
+
+from .causal import (
+    EffectStats,
+    Mode,
+    UnitStatistics,
+    latent_batches,
+    measure,
+    random_units,
+    unit_statistics,
+)
+from .intervene import Edit, intervene, layer_shape
+
+
+@dataclass(frozen=True, eq=False)
+class UnitRanking:
+    """Units of ``layer`` ordered best first for ``concept``; ``scores[u]`` is unit ``u``'s
+    score (higher = more causal) under ``method``."""
+
+    layer: str
+    concept: str
+    method: str
+    order: tuple[int, ...]
+    scores: np.ndarray = field(repr=False)
+
+    @classmethod
+    def from_scores(cls, layer: str, concept: str, method: str, scores: np.ndarray
+                    ) -> UnitRanking:
+        """Rank by descending score (ties: lower unit index first)."""
+        s = np.asarray(scores, dtype=np.float64)
+        order = tuple(int(u) for u in np.lexsort((np.arange(len(s)), -s)))
+        return cls(layer, concept, method, order, s)
+
+    def top(self, k: int) -> list[int]:
+        """The ``k`` best units."""
+        if not 1 <= k <= len(self.order):
+            raise ValueError(f"k must be in 1..{len(self.order)} (units of layer "
+                             f"{self.layer!r}), got {k}")
+        return list(self.order[:k])
+
+    def to_dict(self, k: int | None = None) -> dict[str, Any]:
+        """JSON-ready dict of the top ``k`` (default all) units with their scores."""
+        units = self.order if k is None else self.order[:k]
+        return {"layer": self.layer, "concept": self.concept, "method": self.method,
+                "units": [int(u) for u in units],
+                "scores": [float(self.scores[u]) for u in units]}
+
+
+def rank_by_iou(result: Any, concept: str) -> UnitRanking:
+    """Rank units by their dissection IoU with ``concept`` (``result`` is a LayerResult)."""
+    labels = list(result.labels)
+    if concept not in labels:
+        raise ValueError(f"the dissection of layer {result.layer!r} has no concept {concept!r}; "
+                         f"its concepts: {', '.join(labels)}")
+    return UnitRanking.from_scores(result.layer, concept, "iou",
+                                   np.asarray(result.score)[:, labels.index(concept)])
+
+
+def single_unit_ace(generator: Generator, segmenter: Segmenter, concept: str, layer: str,
+                    samples: int = 100, seed: int = 0, units: Sequence[int] | None = None,
+                    batch_size: int = 32) -> UnitRanking:
+    """Ablate each unit alone and rank by the mean drop of the concept pixel fraction
+    (``before - after``, same samples for every unit). Units not in ``units`` score -inf."""
+    n_units, _, _ = layer_shape(generator, layer)
+    chosen = list(range(n_units)) if units is None else [int(u) for u in units]
+    sets = [[Edit(layer, [u])] for u in chosen]
+    before, after = measure(generator, segmenter, concept, sets, samples, seed,
+                            batch_size=batch_size)
+    scores = np.full(n_units, -np.inf)
+    scores[chosen] = (before - after).mean(axis=1)
+    return UnitRanking.from_scores(layer, concept, "ace", scores)
+
+
+def optimize_alpha(generator: Generator, segmenter: Segmenter, concept: str, layer: str,
+                   mode: Mode = "ablate", samples: int = 64, seed: int = 0, steps: int = 60,
+                   lr: float = 0.05, l1: float = 0.01, init: float = 0.5, batch_size: int = 16,
+                   stats: UnitStatistics | None = None,
+                   progress: Callable[[int, float], None] | None = None) -> UnitRanking:
+    """Learn per-unit ``alpha`` in [0, 1] (projected Adam) minimising
+    ``mean soft concept score after ablation + l1 * sum(alpha)`` (``mode="ablate"``) or
+    ``-mean soft score after insertion + l1 * sum(alpha)`` (``mode="insert"``, replacement =
+    ``stats`` quantiles). Needs ``segmenter.concept_probs(images) -> [N, C, H, W]``
+    (differentiable). Returns the units ranked by learned alpha (``scores`` = alpha)."""
+    probs = getattr(segmenter, "concept_probs", None)
+    if not callable(probs):
+        raise TypeError(f"{type(segmenter).__name__} has no differentiable concept_probs(images); "
+                        "optimised alpha needs soft class scores - rank by 'ace' instead")
+    if mode not in ("ablate", "insert"):
+        raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}")
+    c = segmenter.label_index(concept)
+    n_units, _, _ = layer_shape(generator, layer)
+    if mode == "insert" and stats is None:
+        stats = unit_statistics(generator, layer, samples, seed, batch_size=batch_size)
+    r = torch.zeros(n_units) if mode == "ablate" else stats.quantile  # type: ignore[union-attr]
+    alpha = torch.full((n_units,), float(init), requires_grad=True)
+    opt = torch.optim.Adam([alpha], lr=lr)
+    batches = list(latent_batches(generator, samples, seed, batch_size))
+    sign = 1.0 if mode == "ablate" else -1.0
+    for step in range(steps):
+        z = batches[step % len(batches)]
+        with intervene(generator, Edit(layer, range(n_units), alpha=alpha, replacement=r),
+                       check=False):
+            score = probs(generator(z))[:, c].mean()
+        loss = sign * score + l1 * alpha.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            alpha.clamp_(0.0, 1.0)
+        if progress is not None:
+            progress(step, float(loss.detach()))
+    return UnitRanking.from_scores(layer, concept, "optimized", alpha.detach().numpy())
+
+
+def effect_sweep(generator: Generator, segmenter: Segmenter, concept: str, layer: str,
+                 rankings: dict[str, Sequence[int]], ks: Sequence[int], mode: Mode = "ablate",
+                 samples: int = 100, seed: int = 0, random_baseline: bool = True,
+                 stats: UnitStatistics | None = None, batch_size: int = 32
+                 ) -> dict[str, list[EffectStats]]:
+    """Effect of editing the top ``k`` units of each ranking (units best first) for each ``k``,
+    and of ``k`` random units (excluding the first ranking's top ``k``) under key ``"random"``;
+    all on the same samples, the unedited output computed once."""
+    if not rankings:
+        raise ValueError("give at least one ranking")
+    n_units, _, _ = layer_shape(generator, layer)
+    for name, order in rankings.items():
+        if max(ks) > len(order):
+            raise ValueError(f"ranking {name!r} has {len(order)} units, fewer than k={max(ks)}")
+    if mode == "insert" and stats is None:
+        stats = unit_statistics(generator, layer, samples, seed, batch_size=batch_size)
+    names = list(rankings)
+    first = list(rankings[names[0]])
+    sets_units = {name: [list(rankings[name][:k]) for k in ks] for name in names}
+    if random_baseline:
+        sets_units["random"] = [random_units(n_units, k, first[:k], seed) for k in ks]
+
+    def edit(us: list[int]) -> Edit:
+        rep = 0.0 if mode == "ablate" else stats.values(us)  # type: ignore[union-attr]
+        return Edit(layer, us, replacement=rep)
+
+    flat = [(name, us) for name, lst in sets_units.items() for us in lst]
+    before, after = measure(generator, segmenter, concept, [[edit(us)] for _, us in flat],
+                            samples, seed, batch_size=batch_size)
+    out: dict[str, list[EffectStats]] = {name: [] for name in sets_units}
+    for i, (name, us) in enumerate(flat):
+        out[name].append(EffectStats.from_arrays(us, before[i], after[i]))
+    return out
+
+
+def default_ks(k_max: int) -> list[int]:
+    """1, 2, 3, 5, 10, 20, 50, ... up to and including ``k_max``."""
+    ks = [k for k in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500) if k < k_max]
+    return ks + [k_max]
+
+
+def plot_sweep(sweep: dict[str, list[EffectStats]], ks: Sequence[int], path: str | Path,
+               title: str = "", relative: bool = True) -> Path:
+    """Line plot of the effect (relative by default) vs k, with 95% CI bands; writes PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    try:
+        for name, effects in sweep.items():
+            if relative:
+                y = [e.relative for e in effects]
+                lo = [e.relative_ci95[0] for e in effects]
+                hi = [e.relative_ci95[1] for e in effects]
+            else:
+                y = [e.absolute for e in effects]
+                lo = [e.ci95[0] for e in effects]
+                hi = [e.ci95[1] for e in effects]
+            style = "--" if name == "random" else "-"
+            ax.plot(list(ks), y, style, marker="o", label=name)
+            ax.fill_between(list(ks), lo, hi, alpha=0.2)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set_xlabel("number of units k")
+        ax.set_ylabel("relative change of concept pixels" if relative
+                      else "change of concept pixel fraction")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
