@@ -120,11 +120,20 @@ def _clean(obj: Any) -> Any:
 
 
 def run(args: argparse.Namespace, mode: str) -> int:
+    """Run ``ablate``/``insert`` with ``--threads`` torch threads (restored afterwards)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args, mode)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(args: argparse.Namespace, mode: str) -> int:
     """Rank or take units, measure the effect, sweep k, write JSON, plot and grids."""
     import models
     import segmenters
 
-    torch.set_num_threads(max(1, args.threads))
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     t0 = time.time()

@@ -1,5 +1,9 @@
 """Causal effects on the planted generator, whose units are ground truth, and brute-force checks."""
 
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +19,25 @@ from gandissect.causal import (
     random_units,
     unit_statistics,
 )
+from gandissect.insertion import insertion_heatmap
 from gandissect.intervene import Edit, intervene
+from gandissect.ranking import (
+    effect_sweep,
+    optimize_alpha,
+    plot_sweep,
+    rank_by_iou,
+    single_unit_ace,
+)
 from models.toyworld import CONCEPTS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, more threads are much slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +161,96 @@ def test_effect_stats_and_errors(gen: models.Generator, seg: segmenters.Segmente
         causal_effect(gen, seg, "sky", [0], "layout", samples=4, mask=torch.ones(3, 32, 32))
     with pytest.raises(ValueError, match="never present"):
         unit_statistics(gen, "layout", samples=1, seed=0, segmenter=seg, concept="sun")
+
+
+# ------------------------------------------------------------------ rankings, sweeps, insertion
+
+class TinyGen(models.Generator):
+    """Six constant unit maps; the image is red where units 0 and 1 together exceed 1."""
+
+    resolution = 8
+    latent_shape = (2,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.units = torch.nn.Identity()
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["units"]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.check_latents(z)
+        maps = torch.ones(len(z), 6, 8, 8) * (1.0 + 0.1 * z[:, :1, None, None].abs())
+        a = self.units(maps)
+        r = torch.tanh(2 * (a[:, 0] + a[:, 1] - 1.0))
+        return torch.stack([r, -r, torch.zeros_like(r)], dim=1)
+
+
+class TinySeg(segmenters.Segmenter):
+    """Soft, differentiable 'red' vs 'other' scores from the red channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels, self.categories = ["red", "other"], ["color", "color"]
+
+    def concept_probs(self, images: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(8 * images[:, 0])
+        return torch.stack([p, 1 - p], dim=1)
+
+    def _segment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return self.concept_probs(images) > 0.5
+
+
+def test_optimized_alpha_finds_the_causal_units() -> None:
+    gen, seg = TinyGen(), TinySeg()
+    rank = optimize_alpha(gen, seg, "red", "units", samples=8, seed=0, steps=60, lr=0.1,
+                          l1=0.01, batch_size=8)
+    assert set(rank.top(2)) == {0, 1}
+    assert (rank.scores[2:] == 0).all() and (rank.scores[:2] > 0.4).all()
+    with pytest.raises(TypeError, match="concept_probs"):
+        optimize_alpha(gen, segmenters.load("planted"), "sky", "units", samples=2)
+
+
+def test_ace_and_iou_rankings(gen: models.Generator, seg: segmenters.Segmenter) -> None:
+    rank = single_unit_ace(gen, seg, "tree", "layout", samples=16, seed=0)
+    p = gen.planted_units
+    assert rank.top(2) == [p["tree"], p["crown"]] or rank.top(2) == [p["crown"], p["tree"]]
+    assert rank.scores[p["tree"]] > 0.02 and all(rank.scores[u] == 0
+                                                 for u in gen.distractor_units)
+    fake = SimpleNamespace(layer="layout", labels=list(CONCEPTS),
+                           score=np.eye(20, len(CONCEPTS))[:, :])
+    assert rank_by_iou(fake, "sky").order[0] == 0  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no concept 'dragon'"):
+        rank_by_iou(fake, "dragon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must be in 1..20"):
+        rank.top(21)
+
+
+def test_sweep_is_monotone_for_ranked_units_and_flat_for_random(
+        gen: models.Generator, seg: segmenters.Segmenter, tmp_path: Path) -> None:
+    p = gen.planted_units
+    order = [p["crown"], p["trunk"], p["tree"]]
+    sweep = effect_sweep(gen, seg, "tree", "layout", {"given": order}, [1, 2, 3], samples=10)
+    rel = [e.relative for e in sweep["given"]]
+    assert rel[0] < -0.5 and rel[2] <= -0.99 and rel[0] >= rel[1] >= rel[2]
+    assert all(not set(e.units) & set(order[:k]) for k, e in zip([1, 2, 3], sweep["random"],
+                                                                strict=True))
+    assert plot_sweep(sweep, [1, 2, 3], tmp_path / "s.png").stat().st_size > 0
+
+
+def test_insertion_heatmap_follows_context(gen: models.Generator,
+                                          seg: segmenters.Segmenter) -> None:
+    """A door unit alone paints doors only on houses; with the house unit, everywhere."""
+    door = insertion_heatmap(gen, seg, "door", [gen.planted_units["door"]], "layout",
+                             samples=6, seed=0, size=8, replacement=1.0)
+    z = gen.sample_latents(6, seed=0)
+    house = seg.segment(gen(z))[:, CONCEPTS.index("house")].float()
+    cover = F.avg_pool2d(house[:, None], 16)[:, 0].mean(0).numpy()
+    assert door.success.shape == (4, 4)
+    assert (door.success[cover == 0] == 0).all()
+    assert np.corrcoef(cover.ravel(), door.success.ravel())[0, 1] > 0.9
+    both = insertion_heatmap(gen, seg, "door", [gen.planted_units["house"],
+                                                gen.planted_units["door"]], "layout",
+                             samples=6, seed=0, size=8, replacement=1.0)
+    assert both.success.min() > 0.5
