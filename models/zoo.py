@@ -38,6 +38,10 @@ _STYLEGAN2_LICENCE = ("StyleGAN2 (Karras et al. 2020) in rosinality/stylegan2-py
                       "posted by the 'Rewriting a Deep Generative Model' authors; NVIDIA's "
                       "StyleGAN2 weights are under the NVIDIA Source Code License-NC "
                       "(non-commercial). Check upstream terms before use.")
+_BIGGAN_URL = "https://s3.amazonaws.com/models.huggingface.co/biggan/"
+_BIGGAN_LICENCE = ("BigGAN-deep (Brock et al. 2019) from DeepMind's TF Hub modules (Apache 2.0), "
+                   "converted by huggingface/pytorch-pretrained-BigGAN (MIT). Check upstream "
+                   "terms before use.")
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,13 @@ class ZooEntry:
     licence: str
     layers: tuple[str, ...]
     description: str = ""
+    #: Cache file name when the URL's own name is unsuitable (e.g. a generic ``.bin``).
+    cache_name: str | None = None
 
     @property
     def filename(self) -> str:
         """The file name the weights are cached under."""
-        return Path(urllib.parse.urlparse(self.url).path).name
+        return self.cache_name or Path(urllib.parse.urlparse(self.url).path).name
 
 
 def progan_layers(resolution: int) -> tuple[str, ...]:
@@ -86,6 +92,16 @@ def _stylegan2(domain: str, file: str, resolution: int = 256) -> ZooEntry:
                     stylegan2_layers(resolution), f"StyleGAN2 config-f {domain}, g_ema")
 
 
+def _biggan(resolution: int) -> ZooEntry:
+    from .biggan import biggan_layers
+
+    name = f"biggan-deep-{resolution}"
+    return ZooEntry(name, "biggan", resolution, f"{_BIGGAN_URL}{name}-pytorch_model.bin", None,
+                    _BIGGAN_LICENCE, biggan_layers(resolution),
+                    "BigGAN-deep ImageNet (1000 classes), pytorch-pretrained-biggan checkpoint",
+                    cache_name=f"{name}-pytorch_model.pth")
+
+
 #: The known downloadable generators, by name.
 ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     _progan("bedroom", "proggan_bedroom-d8a89ff1.pth"),
@@ -104,6 +120,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     _stylegan2("horse", "stylegan2_horse-499b5380.pt"),
     _stylegan2("kitchen", "stylegan2_kitchen-b3a526e9.pt"),
     _stylegan2("places", "stylegan2_places-a3b72d71.pt"),
+    _biggan(128),
+    _biggan(256),
+    _biggan(512),
 ]}
 
 
@@ -216,7 +235,7 @@ def resolve_weights(name_or_path: str | Path, cache_dir: str | Path | None = Non
     key = str(name_or_path)
     if key in ZOO:
         entry = ZOO[key]
-        return download(entry.url, cache_dir, entry.sha256, progress)
+        return download(entry.url, cache_dir, entry.sha256, progress, filename=entry.filename)
     raise FileNotFoundError(f"{key!r} is neither an existing file nor a zoo model; zoo models: "
                             f"{', '.join(sorted(ZOO))}")
 
@@ -228,14 +247,16 @@ def is_cached(name: str, cache_dir: str | Path | None = None) -> bool:
 
 
 def _builders() -> dict[str, Callable[..., Generator]]:
+    from .biggan import from_state_dict as biggan_from_state_dict
     from .progan import from_state_dict as progan_from_state_dict
     from .stylegan2 import from_state_dict as stylegan2_from_state_dict
 
-    return {"progan": progan_from_state_dict, "stylegan2": stylegan2_from_state_dict}
+    return {"progan": progan_from_state_dict, "stylegan2": stylegan2_from_state_dict,
+            "biggan": biggan_from_state_dict}
 
 
 #: Architecture families that :func:`load_zoo_model` can build from a local file.
-FAMILIES: tuple[str, ...] = ("progan", "stylegan2")
+FAMILIES: tuple[str, ...] = ("progan", "stylegan2", "biggan")
 
 
 def load_zoo_model(name: str, device: str | torch.device = "cpu",
