@@ -136,6 +136,7 @@ class _LayerState:
         if not quantile_mode:
             return
         cut, _ = self.hist.top_edge(self.target)                          # lower bound on t_u
+        cut = torch.maximum(cut, self.up.quad_min_bound(acts, self.target))  # also valid
         quads = _guard(self.up.quad_max(acts)) > cut[None, :, None, None]
         pixels = acts.shape[0] * self.up.pixels
         if float(quads.float().mean()) > 0.25:
@@ -149,10 +150,9 @@ class _LayerState:
                 self.hist.add(v[sel], uu[sel])
                 added[s:s + step] = sel.sum(1)
         else:
-            vals, _, units, _ = self.up.sparse(acts, quads)
-            sel = vals.double() > cut[units]
-            self.hist.add(vals[sel], units[sel])
-            added = torch.bincount(units[sel], minlength=self.units)
+            vals, _, units, _ = self.up.sparse(acts, quads, above=_round_down_f32(cut))
+            self.hist.add(vals, units)
+            added = torch.bincount(units, minlength=self.units)
         self.hist.add_below(pixels - added)
 
     # ------------------------------------------------------------------ pass 2
@@ -171,9 +171,8 @@ class _LayerState:
         masks = masks.flatten(2)                                           # [n, C, P]
         if isinstance(self.counts, ThresholdCounts):
             quads = _guard(self.up.quad_max(acts)) > self.counts.lo[None, :, None, None]
-            vals, sample, units, pix = self.up.sparse(acts, quads)
-            keep = vals.double() > self.counts.lo[units]
-            vals, sample, units, pix = vals[keep], sample[keep], units[keep], pix[keep]
+            vals, sample, units, pix = self.up.sparse(acts, quads,
+                                                      above=_round_down_f32(self.counts.lo))
             rows = masks.permute(0, 2, 1)[sample, pix]                     # [m, C]
             self.counts.add(vals, units, rows, present[sample])
         elif isinstance(self.counts, ConceptHistogram):

@@ -66,16 +66,36 @@ class Upsampler:
         padded = F.pad(acts, (0, 1, 0, 1), mode="replicate")
         return F.max_pool2d(padded, kernel_size=2, stride=1)
 
+    def quad_min_bound(self, acts: torch.Tensor, count: float) -> torch.Tensor:
+        """Per unit a value ``L`` (float64) with at least ``count`` upsampled values ``>= L``
+        in ``acts`` (from quad minima: no upsampling); ``-inf`` if there are too few pixels."""
+        qmin = -F.max_pool2d(F.pad(-acts, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        rows = self.row_ok.sum(1).double()
+        cols = self.col_ok.sum(1).double()
+        weight = (rows[:, None] * cols[None, :]).flatten()                  # pixels per quad
+        units = acts.shape[1]
+        vals = qmin.transpose(0, 1).reshape(units, -1).double()
+        w = weight.repeat(acts.shape[0])[None].expand(units, -1)
+        order = vals.argsort(dim=1, descending=True)
+        cum = w.gather(1, order).cumsum(1)
+        k = (cum < count).sum(1)
+        ok = k < vals.shape[1]
+        sorted_vals = vals.gather(1, order)
+        bound = sorted_vals.gather(1, k.clamp(max=vals.shape[1] - 1)[:, None]).squeeze(1)
+        bound = bound - bound.abs() * 1e-6 - 1e-30                           # rounding margin
+        return torch.where(ok, bound, torch.full_like(bound, float("-inf")))
+
     def dense(self, acts: torch.Tensor) -> torch.Tensor:
         """All upsampled values ``[N, U, H, W]`` (float32)."""
         a = acts.float()
         rows = a[:, :, self.r0, :] * self.wy0[:, None] + a[:, :, self.r1, :] * self.wy1[:, None]
         return rows[..., self.c0] * self.wx0 + rows[..., self.c1] * self.wx1
 
-    def sparse(self, acts: torch.Tensor, quads: torch.Tensor,
-               max_quads: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                   torch.Tensor]:
-        """Upsampled values of every pixel in the quads marked True in ``quads [N, U, h, w]``.
+    def sparse(self, acts: torch.Tensor, quads: torch.Tensor, max_quads: int = 1 << 16,
+               above: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Upsampled values of every pixel in the quads marked True in ``quads [N, U, h, w]``;
+        with ``above [U]`` (float32), only the values ``> above[unit]``.
 
         Returns ``(values, sample, unit, pixel)`` (flat pixel index ``i * W + j``), concatenated
         over chunks of at most ``max_quads`` quads.
@@ -99,10 +119,10 @@ class Upsampler:
             wx0, wx1 = self.wx0[cols], self.wx1[cols]
             vals = r0[:, :, None] * wx0[:, None, :] + r1[:, :, None] * wx1[:, None, :]
             ok = self.row_ok[qi][:, :, None] & self.col_ok[qj][:, None, :]
-            pix = rows[:, :, None] * W + cols[:, None, :]
-            shape = vals.shape
-            outs.append((vals[ok], n[:, None, None].expand(shape)[ok],
-                         u[:, None, None].expand(shape)[ok], pix[ok]))
+            if above is not None:
+                ok &= vals > above[u][:, None, None]
+            q, r, c = ok.nonzero().unbind(1)
+            outs.append((vals[q, r, c], n[q], u[q], rows[q, r] * W + cols[q, c]))
         if not outs:
             empty_f = torch.zeros(0, dtype=torch.float32, device=acts.device)
             empty_l = torch.zeros(0, dtype=torch.long, device=acts.device)
