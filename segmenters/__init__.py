@@ -16,6 +16,9 @@ REGISTRY: dict[str, tuple[str, str]] = {
               "rule-based: one of 11 basic colour names per pixel, works on any image"),
     "planted": ("segmenters.palette:PaletteSegmenter",
                 "exact labels for the planted generator's flat-colour paintings"),
+    "upernet": ("segmenters.upernet:load_segmenter",
+                "Unified Perceptual Parsing (UPerNet ResNet-50; object/part/material), "
+                "needs path= to a local folder"),
 }
 
 
