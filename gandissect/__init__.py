@@ -1,10 +1,59 @@
 """gandissect: dissect the units of generative image models, intervene on them, paint with them.
 
 The public API is re-exported here; submodules are implementation details.
+
+>>> import models, segmenters
+>>> from gandissect import Edit, intervene
+>>> gen = models.load("planted")
+>>> z = gen.sample_latents(2, seed=0)
+>>> tree = gen.planted_units["tree"]
+>>> with intervene(gen, Edit("layout", [tree])):
+...     edited = gen(z)
+>>> bool((gen(z) != edited).any())
+True
 """
 
 from __future__ import annotations
 
+from .causal import (
+    CausalEffect,
+    EffectStats,
+    UnitStatistics,
+    causal_effect,
+    random_units,
+    unit_statistics,
+)
+from .dissect import DissectConfig, DissectMismatchError, dissect
+from .hooks import Trace, run_to_layers
+from .insertion import InsertionHeatmap, insertion_heatmap
+from .intervene import (
+    Edit,
+    ablation,
+    active_edits,
+    apply_edits,
+    clear_edits,
+    insertion,
+    intervene,
+    layer_shape,
+)
+from .ranking import (
+    UnitRanking,
+    effect_sweep,
+    optimize_alpha,
+    plot_sweep,
+    rank_by_iou,
+    single_unit_ace,
+)
+from .report import write_report
+from .results import LayerResult, load_results, save_results
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "CausalEffect", "DissectConfig", "DissectMismatchError", "Edit", "EffectStats",
+    "InsertionHeatmap", "LayerResult", "Trace", "UnitRanking", "UnitStatistics", "__version__",
+    "ablation", "active_edits", "apply_edits", "causal_effect", "clear_edits", "dissect",
+    "effect_sweep", "insertion", "insertion_heatmap", "intervene", "layer_shape", "load_results",
+    "optimize_alpha", "plot_sweep", "random_units", "rank_by_iou", "run_to_layers",
+    "save_results", "single_unit_ace", "unit_statistics", "write_report",
+]
