@@ -2,7 +2,8 @@
 intervention are tested.
 
 Its layer ``layout`` (``[n, units, 32, 32]``) holds, for every Toyworld concept, one unit whose map
-is that concept's mask in a sampled Toyworld layout (area fraction per cell, in [0, 1]), plus
+is that concept's mask in a sampled Toyworld layout (area fraction per cell, times a smooth
+gain in [1, 1.2) so activations have no ties), plus
 distractor units of smooth noise that carry no concept. The decoder paints the image from that
 layer only, back to front, in flat palette colours (:data:`PALETTE`):
 
@@ -74,14 +75,19 @@ class PlantedLayout(nn.Module):
         f = self.render_size // self.grid
         soft = masks.reshape(len(CONCEPTS), self.grid, f, self.grid, f).mean(axis=(2, 4))
         out = np.zeros((self.units, self.grid, self.grid), dtype=np.float32)
-        for concept, unit in self.unit_of_concept.items():
-            out[unit] = soft[CONCEPT_ID[concept]]
         rng = np.random.Generator(np.random.PCG64(seed))
         for unit in self.distractors:
-            coarse = rng.uniform(0.0, 1.0, size=(4, 4)).astype(np.float32)
-            out[unit] = cv2.resize(coarse, (self.grid, self.grid),
-                                   interpolation=cv2.INTER_LINEAR)
+            out[unit] = self._smooth(rng)
+        for concept, unit in self.unit_of_concept.items():
+            # a gentle smooth gain >= 1 keeps activations continuous (no ties at the top, so
+            # quantile thresholds are well defined) without moving what the decoder paints much
+            out[unit] = soft[CONCEPT_ID[concept]] * (1.0 + 0.2 * self._smooth(rng))
         return out
+
+    def _smooth(self, rng: np.random.Generator) -> np.ndarray:
+        """Smooth noise in [0, 1) at the grid's resolution (a bilinearly upsampled 4x4 field)."""
+        coarse = rng.uniform(0.0, 1.0, size=(4, 4)).astype(np.float32)
+        return cv2.resize(coarse, (self.grid, self.grid), interpolation=cv2.INTER_LINEAR)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         zs = z.detach().to("cpu", torch.float32).numpy()
