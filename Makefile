@@ -19,6 +19,8 @@ setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/gandissect render --samples 32 --segmenter toyworld --out results/toyworld
+	$(BIN)/gandissect dissect --model toyworld --segmenter toyworld --layer layer4 --layer layer6 \
+		--samples 1000 --seed 1 --out results/dissect
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check gandissect segmenters models tests benchmarks app.py
