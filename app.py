@@ -1,91 +1,202 @@
-"""gandissect's Gradio app: look at what a generator draws and how a segmenter labels it.
+"""GANPaint: paint concepts into (or out of) a generator's images by switching its units.
 
-Run ``python app.py`` (or ``python app.py --model planted --segmenter planted``) and open
-http://127.0.0.1:7860. The painting tools (GANPaint) build on this page. The app is a thin layer
-over the public API: all model work happens in :func:`sample_view`.
+Run ``python app.py`` (or ``gandissect app``; options ``--model --segmenter --layer --host
+--port``) and open http://127.0.0.1:7860. Pick an image by seed, a concept brush, draw or remove,
+strength (how many of the concept's causal units) and intensity, click the Brush tool, paint over
+the image and press "Apply stroke". Every stroke is listed; undo, redo, reset. The expert panel
+paints with hand-picked units of any layer and shows a unit's feature map.
+
+The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering):
+callbacks only translate between widgets and that API. Each browser session has its own
+history (``gr.State``); forward passes are serialised by the painter's lock.
 """
 
 from __future__ import annotations
 
 import argparse
-from functools import lru_cache
-from typing import TYPE_CHECKING
+import random
+import sys
+from typing import Any
 
 import numpy as np
-import torch
 
-import models
-import segmenters
-from gandissect.imaging import make_grid, masks_to_label_image, to_uint8
+from gandissect.paint import (
+    STRENGTHS,
+    EmptyStrokeError,
+    History,
+    Painter,
+    Stroke,
+    mask_from_editor,
+    open_painter,
+)
 
-if TYPE_CHECKING:
+#: Display scale of the 64 px images (nearest neighbour).
+SCALE = 4
+HEADERS = ["#", "concept", "mode", "strength", "alpha", "units"]
+DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
+FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
+
+
+def _editor(painter: Painter, seed: int, history: History) -> dict[str, Any]:
+    image = painter.render(seed, history.active, scale=SCALE)
+    return {"background": image, "layers": [], "composite": image}
+
+
+def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer4",
+              painter: Painter | None = None, **build: Any) -> Any:
+    """The Gradio Blocks of GANPaint (not launched). ``build`` goes to brush building."""
     import gradio as gr
 
-MAX_SAMPLES = 64
+    if painter is None:
+        painter = open_painter(model, segmenter, layer,
+                               progress=lambda msg: print(f"[gandissect app] {msg}", flush=True),
+                               **build)
+    p = painter
+    if not p.concepts:
+        raise ValueError(f"no concept has causal units in layer {p.layer!r} of {model!r}; "
+                         "pick another --layer")
 
+    def outputs(seed: float, history: History, status: str) -> tuple[Any, ...]:
+        s = int(seed)
+        return (p.render(s, history.active, scale=SCALE), _editor(p, s, history), history,
+                history.rows(), status)
 
-@lru_cache(maxsize=4)
-def _load(model: str, segmenter: str) -> tuple[models.Generator, segmenters.Segmenter]:
-    return models.load(model), segmenters.load(segmenter)
+    def show(seed: float | None, history: History) -> tuple[Any, ...]:
+        if seed is None or seed < 0:
+            raise gr.Error("seed must be a whole number >= 0")
+        return outputs(seed, history, f"image {int(seed)}: {len(history.active)} stroke(s)")
 
+    def new_image(seed: float | None, history: History) -> tuple[Any, ...]:
+        return show(seed, History())
 
-def sample_view(model: str, segmenter: str, seed: int, count: int
-                ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Images of samples ``0..count-1`` of ``seed``, their label map, and a coverage summary."""
-    seed, count = int(seed), int(count)
-    if not 1 <= count <= MAX_SAMPLES:
-        raise ValueError(f"count must be between 1 and {MAX_SAMPLES}, got {count}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    gen, seg = _load(model, segmenter)
-    with torch.no_grad():
-        images = gen(gen.sample_latents(count, seed))
-        masks = seg.segment(images)
-    cover = masks.float().mean(dim=(0, 2, 3))
-    lines = [f"{name}: {100 * v:.1f}%" for name, v in zip(seg.labels, cover.tolist(),
-                                                          strict=True) if v > 0]
-    grid = make_grid(to_uint8(images), ncol=8, scale=4)
-    labels = make_grid(masks_to_label_image(masks), ncol=8, scale=4)
-    return grid, labels, "pixel coverage: " + ", ".join(lines)
+    def random_image(history: History) -> tuple[Any, ...]:
+        seed = random.randrange(100_000)
+        return (seed, *show(seed, History()))
 
+    def add(seed: float, history: History, make: Any) -> tuple[Any, ...]:
+        try:
+            stroke: Stroke = make()
+        except EmptyStrokeError:
+            gr.Warning("Empty stroke: click the Brush tool and paint on the image first.")
+            return outputs(seed, history, "empty stroke: image unchanged")
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return outputs(seed, history, f"not applied: {exc}")
+        history = history.push(stroke)
+        return outputs(seed, history, f"{stroke.mode} {stroke.label} with units "
+                       f"{', '.join(map(str, stroke.units))}")
 
-def build_app(model: str = "toyworld", segmenter: str = "toyworld") -> gr.Blocks:
-    """The Gradio Blocks of the app (not launched)."""
-    import gradio as gr
+    def paint(editor: Any, seed: float, concept: str, mode: str, strength: float,
+              alpha: float, history: History) -> tuple[Any, ...]:
+        return add(seed, history, lambda: p.stroke(concept, mode, mask_from_editor(editor),
+                                                    int(strength), float(alpha)))
 
-    with gr.Blocks(title="gandissect") as demo:
-        gr.Markdown(f"# gandissect\nSamples of **{model}**, labelled by **{segmenter}**.")
+    def paint_units(editor: Any, seed: float, layer_name: str, units: str, mode: str,
+                    alpha: float, history: History) -> tuple[Any, ...]:
+        return add(seed, history, lambda: p.unit_stroke(layer_name, units, mode,
+                                                        mask_from_editor(editor), float(alpha)))
+
+    def step(seed: float, history: History, how: str) -> tuple[Any, ...]:
+        new = {"undo": history.undo, "redo": history.redo, "reset": history.reset}[how]()
+        return outputs(seed, new, f"{how}: {len(new.active)} stroke(s) active")
+
+    def feature(seed: float, layer_name: str, unit: float, history: History) -> Any:
+        try:
+            return p.feature_map(int(seed), int(unit), layer_name, history.active, scale=SCALE)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return None
+
+    size = p.resolution * SCALE
+    with gr.Blocks(title="GANPaint - gandissect") as demo:
+        history = gr.State(History())
+        gr.Markdown(f"# GANPaint\nModel **{p.name}**, layer **{p.layer}**. Click the Brush "
+                    "tool, paint over the image, then *Apply stroke*.")
         with gr.Row():
-            seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
-            count = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples")
-            go = gr.Button("Generate", variant="primary")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="image (seed)")
+            rand = gr.Button("Random image")
+            concept = gr.Dropdown(p.concepts, value=p.concepts[0], label="concept brush")
+            mode = gr.Radio(["draw", "remove"], value="remove", label="mode")
+            strength = gr.Radio(list(STRENGTHS), value=STRENGTHS[0], label="strength (units)")
+            alpha = gr.Slider(0.1, 1.0, value=1.0, step=0.05, label="intensity (alpha)")
         with gr.Row():
-            images = gr.Image(label="samples", type="numpy")
-            labels = gr.Image(label="segmentation", type="numpy")
-        summary = gr.Markdown()
+            editor = gr.ImageEditor(type="numpy", format="png", sources=(), transforms=(),
+                                    layers=False, canvas_size=(size, size), fixed_canvas=True,
+                                    brush=gr.Brush(colors=["#ff00ff"], default_size=12,
+                                                   color_mode="fixed"),
+                                    label="paint here", elem_id="paint-editor")
+            result = gr.Image(type="numpy", format="png", label="result (download: PNG)",
+                              buttons=["download"], interactive=False, elem_id="paint-result")
+        with gr.Row():
+            apply = gr.Button("Apply stroke", variant="primary", elem_id="apply-stroke")
+            undo = gr.Button("Undo")
+            redo = gr.Button("Redo")
+            reset = gr.Button("Reset")
+        status = gr.Textbox(label="status", interactive=False, elem_id="paint-status")
+        table = gr.Dataframe(headers=HEADERS, label="strokes", interactive=False)
+        with gr.Accordion("Expert: units by hand, feature maps", open=False):
+            with gr.Row():
+                layer_box = gr.Dropdown(p.layers, value=p.layer, label="layer")
+                units_box = gr.Textbox(label="units (comma list)", placeholder="3, 17")
+                unit_mode = gr.Radio(["draw", "remove"], value="remove", label="mode")
+                apply_units = gr.Button("Apply units")
+            with gr.Row():
+                unit_num = gr.Number(value=0, precision=0, minimum=0, label="unit")
+                show_map = gr.Button("Show feature map")
+                heat = gr.Image(type="numpy", label="feature map", interactive=False)
 
-        def run(seed_value: float, count_value: float) -> tuple[np.ndarray, np.ndarray, str]:
-            try:
-                return sample_view(model, segmenter, int(seed_value), int(count_value))
-            except ValueError as exc:
-                raise gr.Error(str(exc)) from exc
-
-        go.click(run, [seed, count], [images, labels, summary], concurrency_limit=2)
-        demo.load(run, [seed, count], [images, labels, summary])
+        outs = [result, editor, history, table, status]
+        seed.submit(new_image, [seed, history], outs, api_name="image")
+        rand.click(random_image, [history], [seed, *outs], api_name="random")
+        apply.click(paint, [editor, seed, concept, mode, strength, alpha, history], outs,
+                    api_name="paint", trigger_mode="once")
+        apply_units.click(paint_units, [editor, seed, layer_box, units_box, unit_mode, alpha,
+                                        history], outs, api_name="paint_units")
+        for button, how in ((undo, "undo"), (redo, "redo"), (reset, "reset")):
+            button.click(lambda s, h, how=how: step(s, h, how), [seed, history], outs,
+                         api_name=how)
+        show_map.click(feature, [seed, layer_box, unit_num, history], heat,
+                       api_name="feature_map")
+        demo.load(show, [seed, history], outs)
     return demo
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="gandissect app")
-    parser.add_argument("--model", default="toyworld", choices=sorted(models.available()))
-    parser.add_argument("--segmenter", default="toyworld",
-                        choices=sorted(segmenters.available()))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="GANPaint: paint with a generator's units")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's options (shared with ``gandissect app``)."""
+    parser.add_argument("--model", default=DEFAULTS["model"])
+    parser.add_argument("--segmenter", default=DEFAULTS["segmenter"])
+    parser.add_argument("--layer", default=DEFAULTS["layer"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    build_app(args.model, args.segmenter).queue(max_size=32).launch(
-        server_name=args.host, server_port=args.port)
+
+
+def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
+    """Build and launch the app; falls back to the planted model (with a message) when the
+    default Toyworld GAN's weights are missing."""
+    chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
+    try:
+        demo = build_app(**chosen)
+    except FileNotFoundError as exc:
+        if chosen != DEFAULTS:
+            raise
+        print(f"[gandissect app] {exc}\n[gandissect app] falling back to "
+              "--model planted --segmenter planted --layer layout", file=sys.stderr)
+        demo = build_app(**FALLBACK)
+    return demo.queue(default_concurrency_limit=2, max_size=64).launch(
+        server_name=args.host, server_port=args.port, **launch_kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    launch(parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    np.seterr(all="ignore")
+    sys.exit(main())

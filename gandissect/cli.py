@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_quality",
     "gandissect.cli_zoo",
     "gandissect.cli_intervene",
+    "gandissect.cli_app",
 )
 
 

@@ -1,22 +1,132 @@
-"""The app's callback works through the public API and refuses bad input clearly."""
+"""GANPaint app driven through gradio_client on a live server (planted model, exact)."""
 
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import app
+import segmenters
+
+gradio_client = pytest.importorskip("gradio_client")
+BUILD = {"samples": 100, "candidates": 8, "ace_samples": 8}
 
 
-def test_sample_view_on_planted_model() -> None:
-    grid, labels, summary = app.sample_view("planted", "planted", seed=0, count=4)
-    assert grid.dtype.name == "uint8" and grid.shape == labels.shape and grid.shape[2] == 3
-    assert "sky" in summary and "grass" in summary
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize(("seed", "count"), [(0, 0), (0, 1000), (-1, 4)])
-def test_sample_view_bad_input(seed: int, count: int) -> None:
-    with pytest.raises(ValueError):
-        app.sample_view("planted", "planted", seed=seed, count=count)
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GANDISSECT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    demo = app.build_app("planted", "planted", "layout", **BUILD)
+    demo.queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        mp.undo()
 
 
-def test_app_builds() -> None:
-    demo = app.build_app("planted", "planted")
-    assert demo is not None
+def client(url: str) -> Any:
+    return gradio_client.Client(url, verbose=False)
+
+
+def editor_value(tmp: Path, mask: np.ndarray, name: str) -> dict[str, Any]:
+    """An ImageEditor value whose only layer is ``mask`` (painted = alpha 255), 256 px."""
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[mask] = (255, 0, 255, 255)
+    path = tmp / f"{name}.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    handle = gradio_client.handle_file(str(path))
+    return {"background": None, "layers": [handle], "composite": None, "id": None}
+
+
+def read(path: str) -> torch.Tensor:
+    """A 256 px result image as the 64 px [1, 3, H, W] tensor in [-1, 1]."""
+    arr = np.asarray(Image.open(path).convert("RGB"))[::app.SCALE, ::app.SCALE]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def tree_fraction(path: str, region: np.ndarray) -> float:
+    seg = segmenters.load("planted")
+    masks = seg.segment(read(path))[0, seg.label_index("tree")].numpy()
+    return float(masks[region].mean())
+
+
+def paint(c: Any, tmp: Path, seed: int, mask256: np.ndarray, mode: str, concept: str = "tree",
+          name: str = "m") -> tuple[Any, ...]:
+    return c.predict(editor_value(tmp, mask256, name), seed, concept, mode, 4, 1.0,
+                     api_name="/paint")
+
+
+def find_seed(c: Any, want_trees: bool, region: np.ndarray) -> tuple[int, str]:
+    for seed in range(40):
+        image = c.predict(seed, api_name="/image")[0]
+        frac = tree_fraction(image, region)
+        if (frac > 0.12) if want_trees else (frac < 0.1):
+            return seed, image
+    raise AssertionError("no suitable seed")
+
+
+def test_remove_and_draw_trees(url: str, tmp_path: Path) -> None:
+    c = client(url)
+    region = np.zeros((64, 64), bool)
+    region[16:48, 16:48] = True
+    mask256 = np.kron(region, np.ones((4, 4), bool)).astype(bool)
+    seed, before = find_seed(c, True, region)
+    out = paint(c, tmp_path, seed, mask256, "remove")
+    assert tree_fraction(out[0], region) < 0.5 * tree_fraction(before, region)
+    assert "remove tree" in out[3]
+    assert len(out[2]["data"]) == 1
+    seed, before = find_seed(c, False, region)
+    out = paint(c, tmp_path, seed, mask256, "draw")
+    assert tree_fraction(out[0], region) > 0.7
+    # undo restores the image, redo re-applies
+    undone = c.predict(seed, api_name="/undo")
+    assert np.array_equal(read(undone[0]), read(before))
+    redone = c.predict(seed, api_name="/redo")
+    assert np.array_equal(read(redone[0]), read(out[0]))
+
+
+def test_empty_stroke_and_bad_units(url: str, tmp_path: Path) -> None:
+    c = client(url)
+    base = c.predict(3, api_name="/image")
+    out = paint(c, tmp_path, 3, np.zeros((256, 256), bool), "remove")
+    assert "empty stroke" in out[3]
+    assert np.array_equal(read(out[0]), read(base[0]))
+    odd = np.zeros((77, 301), bool)
+    odd[10:40, 50:200] = True  # odd editor size: resized, not a crash
+    out = paint(c, tmp_path, 3, odd, "remove", concept="sky", name="odd")
+    assert "remove sky" in out[3]
+    ed = editor_value(tmp_path, np.ones((256, 256), bool), "all")
+    out = c.predict(ed, 3, "layout", "3, oops", "remove", 1.0, api_name="/paint_units")
+    assert "whole numbers" in out[3]
+
+
+def test_two_clients_keep_separate_histories(url: str, tmp_path: Path) -> None:
+    a, b = client(url), client(url)
+    a.predict(1, api_name="/image")
+    b.predict(2, api_name="/image")
+    full = np.ones((256, 256), bool)
+    out_a = paint(a, tmp_path, 1, full, "remove", concept="sky", name="a")
+    out_b1 = paint(b, tmp_path, 2, full, "remove", concept="grass", name="b1")
+    out_b2 = paint(b, tmp_path, 2, full, "remove", concept="sky", name="b2")
+    assert [r[1] for r in out_a[2]["data"]] == ["sky"]
+    assert [r[1] for r in out_b1[2]["data"]] == ["grass"]
+    assert [r[1] for r in out_b2[2]["data"]] == ["grass", "sky"]
+    assert [r[1] for r in a.predict(1, api_name="/undo")[2]["data"]] == []
+    assert len(b.predict(2, api_name="/undo")[2]["data"]) == 1

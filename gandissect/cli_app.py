@@ -1,0 +1,45 @@
+"""``gandissect app``: serve the GANPaint app (``app.py`` at the repository root)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+_APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def _load_app() -> object:
+    """The ``app`` module (the repository's ``app.py``); clear error if it is not there."""
+    if "app" in sys.modules:
+        return sys.modules["app"]
+    if not _APP.is_file():
+        raise FileNotFoundError(f"the GANPaint app ({_APP}) is not installed; run from a "
+                                "source checkout of gandissect")
+    spec = importlib.util.spec_from_file_location("app", _APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    app = _load_app()
+    app.launch(args)  # type: ignore[attr-defined]
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``app`` subcommand (options as ``python app.py``)."""
+    p = subparsers.add_parser("app", help="serve the GANPaint app (default 127.0.0.1:7860)")
+    p.add_argument("--model", default="toyworld")
+    p.add_argument("--segmenter", default="toyworld")
+    p.add_argument("--layer", default="layer4")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=_run)

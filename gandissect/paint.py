@@ -1,0 +1,507 @@
+"""GANPaint as an API: concept brushes, strokes, an undoable history, and rendering.
+
+A :class:`Brush` is a concept's units of one layer, ranked by causal effect (single-unit ACE
+among the units that best match the concept by dissection IoU), with per-unit insertion values
+(a high quantile of each unit's activations). A :class:`Stroke` is one painted edit: a mask at the
+layer's resolution, the units it uses and whether it draws (inserts) or removes (ablates); it
+becomes one :class:`gandissect.Edit`. A :class:`History` is an immutable list of strokes with a
+cursor (undo / redo / reset return new histories), so per-user state can be copied freely.
+
+>>> import numpy as np
+>>> h = History().push(Stroke("tree", "remove", "layout", (3,), (0.0,), 1.0, 4,
+...                           np.ones((2, 2), np.float32)))
+>>> len(h.active), len(h.undo().active), len(h.undo().redo().active)
+(1, 0, 1)
+
+:class:`Painter` holds a generator, its brushes and a lock (hooks live on the shared generator,
+so forward passes of different users never overlap) and renders ``(seed, history)`` to pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .causal import unit_statistics
+from .dissect import dissect
+from .hooks import Trace
+from .imaging import to_uint8
+from .intervene import Edit, intervene, layer_shape
+from .ranking import rank_by_iou, single_unit_ace
+
+Mode = Literal["draw", "remove"]
+MODES: tuple[str, ...] = ("draw", "remove")
+#: Brush strengths offered by the app: how many of a concept's ranked units a stroke uses.
+STRENGTHS: tuple[int, ...] = (4, 10, 20)
+#: Largest mask side processed at full resolution; larger uploads are subsampled first.
+MAX_MASK_SIDE = 4096
+BRUSH_FORMAT = 1
+
+
+class EmptyStrokeError(ValueError):
+    """A stroke mask covers no cell of the layer (nothing was painted)."""
+
+
+@dataclass(frozen=True)
+class Brush:
+    """``units`` of ``layer`` for ``concept``, best first; ``scores[i]`` is unit ``units[i]``'s
+    single-unit ACE (drop of the concept's pixel fraction when it alone is ablated) and
+    ``values[i]`` its insertion value."""
+
+    concept: str
+    layer: str
+    units: tuple[int, ...]
+    scores: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def top(self, strength: int) -> tuple[int, ...]:
+        """The ``strength`` best units (all of them when the brush has fewer)."""
+        if strength < 1:
+            raise ValueError(f"strength must be >= 1, got {strength}")
+        return self.units[:strength]
+
+
+@dataclass(frozen=True)
+class BrushSet:
+    """Brushes of one layer plus each unit's insertion value ``quantile[u]`` (q-quantile)."""
+
+    layer: str
+    brushes: dict[str, Brush]
+    quantile: tuple[float, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": BRUSH_FORMAT, "layer": self.layer, "meta": self.meta,
+                           "quantile": list(self.quantile),
+                           "brushes": [{"concept": b.concept, "units": list(b.units),
+                                        "scores": list(b.scores), "values": list(b.values)}
+                                       for b in self.brushes.values()]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> BrushSet:
+        d = json.loads(text)
+        if d.get("format") != BRUSH_FORMAT:
+            raise ValueError(f"brush file format {d.get('format')!r} is not {BRUSH_FORMAT}")
+        layer = str(d["layer"])
+        brushes = {b["concept"]: Brush(b["concept"], layer, tuple(int(u) for u in b["units"]),
+                                       tuple(float(s) for s in b["scores"]),
+                                       tuple(float(v) for v in b["values"]))
+                   for b in d["brushes"]}
+        return cls(layer, brushes, tuple(float(v) for v in d["quantile"]), dict(d["meta"]))
+
+
+def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200,
+                  seed: int = 0, candidates: int = 40, ace_samples: int = 32, q: float = 0.99,
+                  progress: Callable[[str], None] | None = None) -> BrushSet:
+    """Dissect ``layer``; for every concept, rank its ``candidates`` best-IoU units by
+    single-unit ACE over ``ace_samples`` latents and keep those with a positive effect
+    (concepts left with none get no brush). Insertion values: each unit's ``q`` quantile, or
+    for a brush unit whose quantile is 0 (a rare concept), its mean where the concept is."""
+    say = progress or (lambda _msg: None)
+    say(f"dissecting {layer} over {samples} samples")
+    result = dissect(generator, segmenter, layer, samples=samples, seed=seed)[layer]
+    say("unit statistics (insertion values)")
+    stats = unit_statistics(generator, layer, samples=min(samples, 100), seed=seed, q=q)
+    quant = stats.quantile.tolist()
+    brushes: dict[str, Brush] = {}
+    concepts = [c for i, c in enumerate(result.labels) if result.concept_pixels[i] > 0]
+    for i, concept in enumerate(concepts):
+        say(f"ranking units for {concept} ({i + 1}/{len(concepts)})")
+        cand = rank_by_iou(result, concept).top(min(candidates, result.units))
+        ace = single_unit_ace(generator, segmenter, concept, layer, samples=ace_samples,
+                              seed=seed + 1, units=cand)
+        units = [u for u in ace.order if np.isfinite(ace.scores[u]) and ace.scores[u] > 0]
+        if not units:
+            continue
+        values = [quant[u] for u in units]
+        if min(values) <= 0:
+            try:
+                cs = unit_statistics(generator, layer, samples=min(samples, 100), seed=seed,
+                                     q=q, segmenter=segmenter, concept=concept)
+                values = [v if v > 0 else float(cs.values([u], "concept")[0])
+                          for u, v in zip(units, values, strict=True)]
+            except ValueError:
+                pass  # concept never covers a cell: keep the quantiles
+        brushes[concept] = Brush(concept, layer, tuple(units),
+                                 tuple(float(ace.scores[u]) for u in units), tuple(values))
+    meta = {"samples": samples, "seed": seed, "candidates": candidates,
+            "ace_samples": ace_samples, "q": q}
+    return BrushSet(layer, brushes, tuple(float(v) for v in quant), meta)
+
+
+def cache_dir() -> Path:
+    """Brush cache folder: ``$GANDISSECT_CACHE/brushes`` or ``~/.cache/gandissect/brushes``."""
+    root = os.environ.get("GANDISSECT_CACHE") or Path.home() / ".cache" / "gandissect"
+    return Path(root) / "brushes"
+
+
+def model_fingerprint(model: str, weights: str | Path | None = None) -> str:
+    """Short hash of the weights file (by content) if given and present, else of the name."""
+    h = hashlib.sha256()
+    if weights is not None and Path(weights).is_file():
+        with open(weights, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        h.update(model.encode())
+    return h.hexdigest()[:12]
+
+
+def load_or_build_brushes(generator: Any, segmenter: Any, layer: str, key: str,
+                          folder: str | Path | None = None,
+                          progress: Callable[[str], None] | None = None,
+                          **build: Any) -> BrushSet:
+    """Brushes from ``folder/<key>.json`` if present and readable, else built and saved there
+    atomically (a corrupt cache file is rebuilt)."""
+    path = Path(folder or cache_dir()) / f"{key}.json"
+    if path.is_file():
+        try:
+            brushes = BrushSet.from_json(path.read_text())
+            if brushes.layer == layer:
+                return brushes
+        except (ValueError, KeyError, TypeError):
+            pass
+    brushes = build_brushes(generator, segmenter, layer, progress=progress, **build)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(brushes.to_json())
+    os.replace(tmp, path)
+    return brushes
+
+
+# ---------------------------------------------------------------------------------- masks
+
+def mask_from_editor(value: Any) -> np.ndarray | None:
+    """The painted mask (bool ``[H, W]``) of a ``gr.ImageEditor`` value: pixels where any layer
+    has alpha > 0 (or any non-zero channel for layers without alpha); ``None`` if no layer."""
+    if not isinstance(value, Mapping):
+        return None
+    layers = [np.asarray(x) for x in (value.get("layers") or []) if x is not None]
+    masks = []
+    for layer in layers:
+        if layer.ndim == 3 and layer.shape[2] == 4:
+            masks.append(layer[..., 3] > 0)
+        elif layer.ndim == 3:
+            masks.append(layer.max(axis=2) > 0)
+        elif layer.ndim == 2:
+            masks.append(layer > 0)
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = out | (m if m.shape == out.shape else _resize(m.astype(np.float32), out.shape) > 0)
+    return out
+
+
+def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Float ``[H, W]`` resized to ``size`` (area when shrinking, bilinear when growing)."""
+    h, w = size
+    if mask.shape == (h, w):
+        return mask
+    shrink = mask.shape[0] >= h and mask.shape[1] >= w
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def fit_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
+    """Coverage in [0, 1] (float32 ``[h, w]``) of any 2-D mask (bool, int, float; or an
+    ``[H, W, C]`` image, whose last channel counts) resized to ``size`` by area averaging.
+    Any shape is accepted (stretched to ``size``); non-finite values count as 0."""
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., -1]
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise ValueError(f"a stroke mask must be a 2-D array, got shape {list(m.shape)}")
+    step = max(1, math.ceil(max(m.shape) / MAX_MASK_SIDE))
+    m = m[::step, ::step].astype(np.float32)
+    m = np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0)
+    if m.max(initial=0.0) > 1.0:
+        m = m / m.max()
+    return np.clip(_resize(np.clip(m, 0.0, 1.0), size), 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- strokes
+
+@dataclass(frozen=True, eq=False)
+class Stroke:
+    """One painted edit: ``mode`` draw (insert ``replacement``) or remove (ablate) ``units`` of
+    ``layer`` with strength ``alpha`` inside ``mask`` (float ``[h, w]`` at layer resolution)."""
+
+    label: str
+    mode: str
+    layer: str
+    units: tuple[int, ...]
+    replacement: tuple[float, ...]
+    alpha: float
+    strength: int
+    mask: np.ndarray = field(repr=False)
+
+    def edit(self) -> Edit:
+        """The stroke as an :class:`Edit` (replacement 0 when removing)."""
+        rep: Any = 0.0 if self.mode == "remove" else list(self.replacement)
+        return Edit(self.layer, self.units, alpha=self.alpha, replacement=rep,
+                    mask=torch.from_numpy(self.mask))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (no mask)."""
+        return {"concept": self.label, "mode": self.mode, "layer": self.layer,
+                "units": list(self.units), "strength": self.strength, "alpha": self.alpha,
+                "cells": int((self.mask > 0).sum())}
+
+
+@dataclass(frozen=True)
+class History:
+    """Strokes with a cursor: ``strokes[:position]`` are active, the rest can be redone."""
+
+    strokes: tuple[Stroke, ...] = ()
+    position: int = 0
+
+    @property
+    def active(self) -> tuple[Stroke, ...]:
+        return self.strokes[:self.position]
+
+    @property
+    def can_undo(self) -> bool:
+        return self.position > 0
+
+    @property
+    def can_redo(self) -> bool:
+        return self.position < len(self.strokes)
+
+    def push(self, stroke: Stroke) -> History:
+        """Add ``stroke`` after the active ones (dropping any undone strokes)."""
+        return History(self.active + (stroke,), self.position + 1)
+
+    def undo(self) -> History:
+        return replace(self, position=max(0, self.position - 1))
+
+    def redo(self) -> History:
+        return replace(self, position=min(len(self.strokes), self.position + 1))
+
+    def reset(self) -> History:
+        return History()
+
+    def rows(self) -> list[list[Any]]:
+        """One table row per active stroke: #, concept, mode, strength, alpha, units."""
+        return [[i + 1, s.label, s.mode, s.strength, s.alpha, ", ".join(map(str, s.units))]
+                for i, s in enumerate(self.active)]
+
+
+# ---------------------------------------------------------------------------------- painter
+
+class Painter:
+    """Renders ``(seed, history)`` of ``generator`` and makes strokes from masks and brushes.
+
+    Thread-safe: forward passes (which add hooks to the shared generator) hold one lock.
+    """
+
+    def __init__(self, generator: Any, brushes: BrushSet, name: str = "") -> None:
+        self.generator = generator.eval()
+        self.brushes = brushes
+        self.layer = brushes.layer
+        self.name = name
+        self._lock = threading.Lock()
+        self._shapes: dict[str, tuple[int, int, int]] = {}
+        self._quantiles: dict[str, tuple[float, ...]] = {brushes.layer: brushes.quantile}
+
+    @property
+    def concepts(self) -> list[str]:
+        """Concepts that have a brush (at least one causal unit)."""
+        return list(self.brushes.brushes)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.generator.layer_names)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.generator.resolution)
+
+    def layer_shape(self, layer: str | None = None) -> tuple[int, int, int]:
+        """``(units, h, w)`` of ``layer`` (default: the brushes' layer)."""
+        layer = layer or self.layer
+        if layer not in self._shapes:
+            if layer not in self.layers:
+                raise ValueError(f"unknown layer {layer!r}; layers: {', '.join(self.layers)}")
+            with self._lock:
+                self._shapes[layer] = layer_shape(self.generator, layer)
+        return self._shapes[layer]
+
+    def quantiles(self, layer: str) -> tuple[float, ...]:
+        """Per-unit insertion values of ``layer`` (computed once over 50 samples if needed)."""
+        if layer not in self._quantiles:
+            self.layer_shape(layer)
+            q = float(self.brushes.meta.get("q", 0.99))
+            with self._lock:
+                stats = unit_statistics(self.generator, layer, samples=50, seed=0, q=q)
+            self._quantiles[layer] = tuple(float(v) for v in stats.quantile)
+        return self._quantiles[layer]
+
+    def latent(self, seed: int) -> torch.Tensor:
+        """Latent of image ``seed`` (sample 0 of that seed)."""
+        seed = int(seed)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        return self.generator.sample_latents(1, seed, 0)
+
+    def layer_mask(self, mask: Any, layer: str | None = None) -> np.ndarray:
+        """A painted mask (any size) as area coverage ``[h, w]`` of ``layer``'s grid; raises
+        :class:`EmptyStrokeError` when it covers nothing."""
+        _, h, w = self.layer_shape(layer)
+        if mask is None:
+            raise EmptyStrokeError("nothing was painted")
+        # first to the image (the mask is drawn over it), then by area to the layer's grid
+        at_image = fit_mask(mask, (self.resolution, self.resolution))
+        grid = fit_mask(at_image, (h, w))
+        if not (grid > 0).any():
+            raise EmptyStrokeError("nothing was painted")
+        return grid
+
+    def stroke(self, concept: str, mode: str, mask: Any, strength: int = 4,
+               alpha: float = 1.0) -> Stroke:
+        """A brush stroke: the ``strength`` best units of ``concept``'s brush, inside ``mask``."""
+        if concept not in self.brushes.brushes:
+            raise ValueError(f"no brush for concept {concept!r}; brushes: "
+                             f"{', '.join(self.concepts) or '(none)'}")
+        brush = self.brushes.brushes[concept]
+        units = brush.top(int(strength))
+        return self._stroke(concept, mode, self.layer, units, mask, int(strength), alpha,
+                            brush.values[:len(units)])
+
+    def unit_stroke(self, layer: str, units: Sequence[int] | str, mode: str, mask: Any,
+                    alpha: float = 1.0) -> Stroke:
+        """An expert stroke on hand-picked ``units`` of ``layer`` (a list or "3, 17, 40")."""
+        parsed = parse_units(units)
+        n, _, _ = self.layer_shape(layer)
+        bad = [u for u in parsed if u >= n]
+        if bad:
+            raise ValueError(f"layer {layer!r} has units 0..{n - 1}; got {bad}")
+        return self._stroke("units " + ",".join(map(str, parsed)), mode, layer, parsed, mask,
+                            len(parsed), alpha)
+
+    def _stroke(self, label: str, mode: str, layer: str, units: Sequence[int], mask: Any,
+                strength: int, alpha: float, values: Sequence[float] | None = None) -> Stroke:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        alpha = float(alpha)
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha (intensity) must lie in (0, 1], got {alpha}")
+        grid = self.layer_mask(mask, layer)
+        if mode == "remove":
+            rep: tuple[float, ...] = (0.0,) * len(units)
+        elif values is not None:
+            rep = tuple(float(v) for v in values)
+        else:
+            rep = tuple(self.quantiles(layer)[u] for u in units)
+        return Stroke(label, mode, layer, tuple(int(u) for u in units), rep, alpha, strength,
+                      grid)
+
+    @torch.no_grad()
+    def render_tensor(self, seed: int, strokes: Sequence[Stroke] = ()) -> torch.Tensor:
+        """The image ``[1, 3, H, W]`` in [-1, 1] of ``seed`` with ``strokes`` applied in order."""
+        z = self.latent(seed)
+        edits = [s.edit() for s in strokes]
+        with self._lock, intervene(self.generator, *edits, check=False):
+            return self.generator(z).detach().cpu()
+
+    def render(self, seed: int, strokes: Sequence[Stroke] = (), scale: int = 1) -> np.ndarray:
+        """uint8 ``[H*scale, W*scale, 3]`` image (nearest-neighbour upscaling)."""
+        img = to_uint8(self.render_tensor(seed, strokes))[0]
+        return upscale(img, scale)
+
+    @torch.no_grad()
+    def feature_map(self, seed: int, unit: int, layer: str | None = None,
+                    strokes: Sequence[Stroke] = (), scale: int = 1) -> np.ndarray:
+        """uint8 RGB: the image with unit ``unit``'s (edited) activation, bilinearly upsampled
+        and normalised to its maximum, blended over it as a heatmap."""
+        layer = layer or self.layer
+        n, _, _ = self.layer_shape(layer)
+        if not 0 <= int(unit) < n:
+            raise ValueError(f"layer {layer!r} has units 0..{n - 1}; got {unit}")
+        z = self.latent(seed)
+        edits = [s.edit() for s in strokes]
+        with self._lock, intervene(self.generator, *edits, check=False), \
+                Trace(self.generator, layer) as tr:
+            img = self.generator(z).detach().cpu()
+        act = tr[layer][:, int(unit):int(unit) + 1].float().cpu()
+        up = F.interpolate(act, size=img.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        top = float(up.max())
+        norm = (up.clamp(min=0) / top).numpy() if top > 0 else np.zeros(up.shape, np.float32)
+        heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        base = to_uint8(img)[0].astype(np.float32)
+        out = (0.4 * base + 0.6 * heat.astype(np.float32)).round().astype(np.uint8)
+        return upscale(out, scale)
+
+
+def parse_units(units: Sequence[int] | str) -> tuple[int, ...]:
+    """Units from a list or a comma/space separated string; distinct, non-negative, non-empty."""
+    if isinstance(units, str):
+        parts = [p for p in units.replace(",", " ").split() if p]
+        try:
+            parsed = [int(p) for p in parts]
+        except ValueError as exc:
+            raise ValueError(f"units must be whole numbers separated by commas, got {units!r}"
+                             ) from exc
+    else:
+        parsed = [int(u) for u in units]
+    if not parsed:
+        raise ValueError("give at least one unit, e.g. '3, 17'")
+    if min(parsed) < 0:
+        raise ValueError(f"unit indices must be >= 0, got {parsed}")
+    return tuple(dict.fromkeys(parsed))
+
+
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of ``[H, W, C]`` by an integer ``scale`` >= 1."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return image if scale == 1 else np.repeat(np.repeat(image, scale, 0), scale, 1)
+
+
+def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None, **build: Any) -> Painter:
+    """Load ``model`` and (only when brushes are not cached) ``segmenter`` by registry name and
+    return a :class:`Painter` for ``layer``; brushes are cached in ``folder`` (default
+    :func:`cache_dir`) under ``<model>-<layer>-<fingerprint>.json``. A missing weights file
+    raises FileNotFoundError that names the planted fallback."""
+    import models
+    import segmenters
+
+    try:
+        gen = models.load(model)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}\nThe {model!r} weights are missing; try "
+                                "--model planted --segmenter planted --layer layout") from exc
+    if layer not in gen.layer_names:
+        raise ValueError(f"model {model!r} has no layer {layer!r}; layers: "
+                         f"{', '.join(gen.layer_names)}")
+    weights = getattr(sys.modules.get(type(gen).__module__), "WEIGHTS_DIR", None)
+    gfile = getattr(sys.modules.get(type(gen).__module__), "GENERATOR_FILE", None)
+    path = Path(weights) / gfile if weights is not None and gfile else None
+    key = f"{model}-{segmenter}-{layer}-{model_fingerprint(model, path)}"
+    settings = "-".join(f"{k}{v}" for k, v in sorted(build.items()))
+    if settings:
+        key += "-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+
+    class _LazySegmenter:
+        """Loads the segmenter only if the brushes must be built."""
+
+        def __getattr__(self, name: str) -> Any:
+            self.__dict__["_seg"] = self.__dict__.get("_seg") or segmenters.load(segmenter)
+            return getattr(self.__dict__["_seg"], name)
+
+    brushes = load_or_build_brushes(gen, _LazySegmenter(), layer, key, folder, progress,
+                                    **build)
+    return Painter(gen, brushes, name=model)
