@@ -27,6 +27,7 @@ lint: $(BIN)/.installed
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
+	$(BIN)/mypy app.py
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
