@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_zoo",
     "gandissect.cli_intervene",
     "gandissect.cli_app",
+    "gandissect.cli_artifacts",
 )
 
 

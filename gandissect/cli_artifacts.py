@@ -1,0 +1,153 @@
+"""The ``gandissect artifacts`` subcommand: rank a layer's units as artifact causes, then ablate
+the top-k beside k random and the k lowest-scoring units and measure realism.
+
+Example::
+
+    gandissect artifacts --model toyworld --layer layer4 --samples 1000 --json --out results/art
+
+Writes ``DIR/artifacts.json`` (ranking, scores, realism-vs-k table), ``DIR/removal.png``,
+``DIR/unit_<u>_top.png`` (top images of the highest-scoring units) and ``DIR/before.png`` /
+``DIR/after_top<k>.png`` (the same samples before and after ablating the top-k units).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``artifacts`` parser to ``subparsers``."""
+    p = subparsers.add_parser(
+        "artifacts", help="find units that cause unrealistic output and remove them",
+        description="Score every unit of a layer as an artifact cause (default: how much more "
+                    "realistic its top-activating images get when it alone is ablated), then "
+                    "ablate the top-k / random-k / bottom-k units and measure realism.")
+    p.add_argument("--model", default="toyworld", help="generator name (see models.available())")
+    p.add_argument("--layer", default="layer4")
+    p.add_argument("--samples", type=int, default=1000, help="samples for the per-unit scores")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="samples per realism measurement in the removal study (default: "
+                        "--samples)")
+    p.add_argument("--seed", type=int, default=0, help="latent seed")
+    p.add_argument("--measure", choices=("fid", "discriminator"), default="fid")
+    p.add_argument("--method", choices=("causal", "fid", "topset"), default="causal")
+    p.add_argument("--top", type=int, default=None, help="images in each unit's top set")
+    p.add_argument("--ks", default="5,10,20", help="comma-separated k values")
+    p.add_argument("--reference-samples", type=int, default=2000,
+                   help="rendered held-out scenes for the FID reference statistics")
+    p.add_argument("--checkpoint", default=None,
+                   help="Toyworld only: read G (EMA) and D from a training checkpoint "
+                        "(runs/gan/checkpoint.pt) instead of the shipped weights")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--out", default="results/artifacts")
+    p.add_argument("--json", action="store_true", help="print the JSON result")
+    p.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
+    """The generator and its discriminator (``None`` when the model has none)."""
+    if args.checkpoint:
+        if args.model != "toyworld":
+            raise ValueError("--checkpoint only applies to --model toyworld")
+        from models.toyworld_gan import ToyworldDiscriminator, ToyworldGenerator
+
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"g_ema", "d"} <= set(state):
+            raise ValueError(f"{args.checkpoint} is not a Toyworld GAN training checkpoint "
+                             "(needs keys g_ema and d)")
+        tgen, tdisc = ToyworldGenerator(), ToyworldDiscriminator()
+        tgen.load_state_dict(state["g_ema"])
+        tdisc.load_state_dict(state["d"])
+        return tgen.eval(), tdisc.eval()
+    import models
+
+    gen = models.load(args.model)
+    disc: nn.Module | None = None
+    if args.model == "toyworld":
+        from models.toyworld_gan import load_discriminator
+
+        disc = load_discriminator() if args.measure == "discriminator" else None
+    elif args.measure == "discriminator":
+        raise ValueError(f"model {args.model!r} has no bundled discriminator; use "
+                         "--measure fid")
+    return gen, disc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute the subcommand; returns the process exit code."""
+    import segmenters
+
+    from .artifacts import artifact_scores, plot_removal, removal_study
+    from .imaging import make_grid, save_png, to_uint8
+    from .intervene import ablation, intervene
+    from .realism import (
+        DiscriminatorMeasure,
+        FIDMeasure,
+        SegmenterFeatures,
+        check_fid_samples,
+        limit_numpy_blas_threads,
+    )
+
+    torch.set_num_threads(1)
+    limit_numpy_blas_threads(1)
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    eval_samples = args.samples if args.eval_samples is None else args.eval_samples
+    gen, disc = _load(args)
+    if args.layer not in gen.layer_names:
+        raise ValueError(f"unknown layer {args.layer!r}; valid layers: "
+                         f"{', '.join(gen.layer_names)}")
+    measure: FIDMeasure | DiscriminatorMeasure
+    if args.measure == "fid":
+        feats = SegmenterFeatures.from_segmenter(segmenters.load("toyworld"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_fid_samples(eval_samples, feats.dim)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        measure = FIDMeasure(feats, args.reference_samples, batch_size=args.batch_size)
+    else:
+        measure = DiscriminatorMeasure(disc, args.batch_size)
+    out = Path(args.out)
+    t0 = time.time()
+    scores = artifact_scores(gen, args.layer, measure, args.samples, args.seed, args.method,
+                             args.top, args.batch_size)
+    t_scores = time.time() - t0
+    ranking = scores.ranking()
+    study = removal_study(gen, args.layer, ranking, measure, ks, eval_samples, args.seed)
+    t_total = time.time() - t0
+    plot_removal(study, out / "removal.png")
+    with torch.no_grad():
+        for u in ranking[:5]:
+            idx = scores.top_samples[u][:8].tolist()
+            z = torch.cat([gen.sample_latents(1, args.seed, i) for i in idx])
+            save_png(make_grid(to_uint8(gen(z).clamp(-1, 1)), ncol=8, scale=2),
+                     out / f"unit_{u}_top.png")
+        z = gen.sample_latents(16, args.seed + 1)
+        save_png(make_grid(to_uint8(gen(z).clamp(-1, 1)), ncol=8, scale=2), out / "before.png")
+        k = max(ks)
+        with intervene(gen, ablation(args.layer, ranking[:k])):
+            after = gen(z).clamp(-1, 1)
+        save_png(make_grid(to_uint8(after), ncol=8, scale=2), out / f"after_top{k}.png")
+    result = {"model": args.model, "checkpoint": args.checkpoint, "seed": args.seed,
+              "eval_samples": eval_samples, "scores": scores.to_dict(),
+              "removal": study.to_dict(),
+              "seconds": {"scores": round(t_scores, 1), "total": round(t_total, 1)}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "artifacts.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"top artifact units of {args.layer}: {ranking[:10]}")
+        print(study.table())
+    print(f"wrote {out}/artifacts.json, removal.png, unit_*_top.png, before.png, "
+          f"after_top{max(ks)}.png", file=sys.stderr)
+    return 0

@@ -1,0 +1,168 @@
+"""Artifact units: realism measures vs brute force, planted ground truth found and removed.
+
+The Toyworld GAN's shipped weights are used when present; otherwise the EMA generator of the
+training checkpoint (runs/gan/checkpoint.pt); otherwise random weights. ``GENERATOR_SOURCE``
+says which one ran (shown in the test ids' output with ``-s``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import segmenters
+from gandissect.artifacts import _spatial_check, artifact_scores, removal_study
+from gandissect.intervene import ablation, intervene
+from gandissect.plant_artifacts import checkerboard, plant_artifacts
+from gandissect.quality import frechet_distance, gaussian_stats
+from gandissect.realism import (
+    DiscriminatorMeasure,
+    FewSamplesWarning,
+    FIDMeasure,
+    SegmenterFeatures,
+    StreamingGaussian,
+    limit_numpy_blas_threads,
+)
+from models.toyworld_gan import WEIGHTS_DIR, ToyworldDiscriminator, ToyworldGenerator
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "runs" / "gan" / "checkpoint.pt"
+PLANTED = [3, 40, 100, 150, 200]
+
+
+def _networks() -> tuple[ToyworldGenerator, ToyworldDiscriminator, str]:
+    """Trained weights when shipped, else the training checkpoint, else random weights."""
+    if (WEIGHTS_DIR / "toyworld_gan_g.safetensors").is_file():
+        from models.toyworld_gan import load_discriminator, load_generator
+
+        return load_generator(), load_discriminator(), "shipped weights"
+    gen, disc = ToyworldGenerator(), ToyworldDiscriminator()
+    if CHECKPOINT.is_file():
+        state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+        gen.load_state_dict(state["g_ema"])
+        disc.load_state_dict(state["d"])
+        return gen.eval(), disc.eval(), "training checkpoint"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        gen, disc = ToyworldGenerator(), ToyworldDiscriminator()
+    return gen.eval(), disc.eval(), "random weights"
+
+
+@pytest.fixture(scope="module")
+def nets() -> tuple[ToyworldGenerator, ToyworldDiscriminator, str]:
+    limit_numpy_blas_threads(1)
+    return _networks()
+
+
+@pytest.fixture(scope="module")
+def fid() -> FIDMeasure:
+    feats = SegmenterFeatures.from_segmenter(segmenters.load("toyworld"))
+    return FIDMeasure(feats, reference_samples=1000)
+
+
+def test_streaming_gaussian_matches_numpy_and_merges() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)) * [1, 2, 3, 4] + 5
+    a, b, whole = StreamingGaussian(4), StreamingGaussian(4), StreamingGaussian(4)
+    a.add(x[:20])
+    b.add(torch.from_numpy(x[20:]))
+    whole.add(x)
+    a.merge(b)
+    mu, cov = gaussian_stats(x)
+    for s in (a, whole):
+        np.testing.assert_allclose(s.mean(), mu, rtol=1e-12)
+        np.testing.assert_allclose(s.cov(), cov, rtol=1e-9)
+    c = StreamingGaussian(4)
+    c.load_state_dict(a.state_dict())
+    np.testing.assert_allclose(c.cov(), cov, rtol=1e-9)
+    with pytest.raises(ValueError, match="expected features"):
+        a.add(x[:, :3])
+
+
+def test_fid_measure_equals_brute_force(nets: tuple, fid: FIDMeasure) -> None:
+    gen = nets[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewSamplesWarning)
+        value = fid.score(gen, 60, seed=5)
+    with torch.no_grad():
+        feats = fid.features(gen(gen.sample_latents(60, 5)).clamp(-1, 1)).double().numpy()
+    assert fid.dim == feats.shape[1] == 224
+    expected = frechet_distance(*gaussian_stats(feats), *fid._ref)
+    assert value == pytest.approx(expected, rel=1e-6)
+    with pytest.warns(FewSamplesWarning, match="at least 225 samples"):
+        fid.score(gen, 10, seed=5)
+
+
+def test_discriminator_measure(nets: tuple) -> None:
+    gen, disc, _ = nets
+    m = DiscriminatorMeasure(disc, batch_size=7)
+    with torch.no_grad():
+        expected = -float(disc(gen(gen.sample_latents(20, 3)).clamp(-1, 1)).mean())
+    assert m.score(gen, 20, seed=3) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="no discriminator"):
+        DiscriminatorMeasure(None)
+
+
+def test_plant_is_a_copy_and_ablation_removes_the_blotch(nets: tuple) -> None:
+    gen = nets[0]
+    z = gen.sample_latents(64, 11)
+    with torch.no_grad():
+        before = gen(z)
+        planted = plant_artifacts(gen, "layer4", PLANTED)
+        x = planted(z)
+        assert torch.equal(gen(z), before)  # the original is untouched
+        changed = (x - before).abs().amax(dim=1) > 1e-6  # [n, 64, 64]
+        assert 0 < changed.any(dim=(1, 2)).float().mean() < 1
+        edit = ablation("layer4", PLANTED)
+        with intervene(planted, edit):
+            xa = planted(z)
+        with intervene(gen, edit):
+            ga = gen(z)
+    torch.testing.assert_close(xa, ga)  # ablating the planted units removes every blotch
+    board = checkerboard(4, 2)
+    assert board.tolist()[0] == [-1, -1, 1, 1] and board.tolist()[2] == [1, 1, -1, -1]
+
+
+def test_planted_artifact_units_are_found_and_removal_restores_fid(
+        nets: tuple, fid: FIDMeasure) -> None:
+    gen, _, source = nets
+    planted = plant_artifacts(gen, "layer4", PLANTED)  # layer4: 256 units
+    scores = artifact_scores(planted, "layer4", fid, samples=256, seed=1, top=16)
+    ranking = scores.ranking()
+    assert len(ranking) == 256
+    assert set(PLANTED) <= set(ranking[:10]), (source, [ranking.index(u) for u in PLANTED])
+    study = removal_study(planted, "layer4", ranking, fid, ks=(5,), samples=250, seed=2)
+    row = study.rows[0]
+    clean = fid.score(gen, 250, seed=2)
+    assert study.baseline > 1.1 * clean, (source, study.baseline, clean)
+    assert abs(row["top"] - clean) <= 0.10 * clean, (source, row, clean)
+    assert row["top"] < row["random"] and row["top"] < row["bottom"], study.table()
+    assert row["top_units"] == sorted(PLANTED)
+
+
+def test_bad_input_messages(nets: tuple, fid: FIDMeasure) -> None:
+    gen = nets[0]
+    with pytest.raises(ValueError, match="spatial feature maps"):
+        _spatial_check("fc", torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="spatial maps"):
+        _spatial_check("pool", torch.zeros(2, 8, 1, 1))
+    with pytest.raises(ValueError, match="unknown layer"):
+        artifact_scores(gen, "nope", fid, samples=4)
+    with pytest.raises(ValueError, match="method"):
+        artifact_scores(gen, "layer4", fid, samples=4, method="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ks must lie"):
+        removal_study(gen, "layer4", list(range(10)), fid, ks=(6,), samples=4)
+
+
+def test_cli_refuses_discriminator_for_a_model_without_one(capsys: pytest.CaptureFixture,
+                                                           tmp_path: Path) -> None:
+    from gandissect.cli import main
+
+    code = main(["artifacts", "--model", "planted", "--layer", "layout", "--measure",
+                 "discriminator", "--samples", "8", "--out", str(tmp_path)])
+    assert code == 2
+    assert "no bundled discriminator" in capsys.readouterr().err
