@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="Toyworld only: read G (EMA) and D from a training checkpoint "
                         "(runs/gan/checkpoint.pt) instead of the shipped weights")
+    p.add_argument("--plant", default=None,
+                   help="ground-truth demo: comma-separated units of --layer that get planted "
+                        "checkerboard artifacts (gandissect.plant_artifacts) before the search")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default="results/artifacts")
     p.add_argument("--json", action="store_true", help="print the JSON result")
@@ -105,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
     if args.layer not in gen.layer_names:
         raise ValueError(f"unknown layer {args.layer!r}; valid layers: "
                          f"{', '.join(gen.layer_names)}")
+    clean = gen
+    planted_units: list[int] = []
+    if args.plant:
+        from .plant_artifacts import plant_artifacts
+
+        planted_units = [int(u) for u in args.plant.split(",") if u.strip()]
+        gen = plant_artifacts(gen, args.layer, planted_units)
     measure: FIDMeasure | DiscriminatorMeasure
     if args.measure == "fid":
         feats = SegmenterFeatures.from_segmenter(segmenters.load("toyworld"))
@@ -124,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
     ranking = scores.ranking()
     study = removal_study(gen, args.layer, ranking, measure, ks, eval_samples, args.seed)
     t_total = time.time() - t0
+    extra: dict[str, Any] = {}
+    if planted_units:
+        extra = {"planted_units": planted_units,
+                 "planted_ranks": [ranking.index(u) for u in planted_units],
+                 "unplanted_baseline": measure.score(clean, eval_samples, args.seed)}
     plot_removal(study, out / "removal.png")
     with torch.no_grad():
         for u in ranking[:5]:
@@ -139,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         save_png(make_grid(to_uint8(after), ncol=8, scale=2), out / f"after_top{k}.png")
     result = {"model": args.model, "checkpoint": args.checkpoint, "seed": args.seed,
               "eval_samples": eval_samples, "scores": scores.to_dict(),
-              "removal": study.to_dict(),
+              "removal": study.to_dict(), **extra,
               "seconds": {"scores": round(t_scores, 1), "total": round(t_total, 1)}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "artifacts.json").write_text(json.dumps(result, indent=1))
@@ -148,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"top artifact units of {args.layer}: {ranking[:10]}")
         print(study.table())
+        if planted_units:
+            print(f"planted units {planted_units} ranked {extra['planted_ranks']}; "
+                  f"unplanted generator: {extra['unplanted_baseline']:.4f}")
     print(f"wrote {out}/artifacts.json, removal.png, unit_*_top.png, before.png, "
           f"after_top{max(ks)}.png", file=sys.stderr)
     return 0
