@@ -1,8 +1,8 @@
 """Artifact units: realism measures vs brute force, planted ground truth found and removed.
 
 The Toyworld GAN's shipped weights are used when present; otherwise the EMA generator of the
-training checkpoint (runs/gan/checkpoint.pt); otherwise random weights. ``GENERATOR_SOURCE``
-says which one ran (shown in the test ids' output with ``-s``).
+training checkpoint (runs/gan/checkpoint.pt); otherwise random weights (the planted-artifact
+test is then skipped: see its comment). Assertion messages name the source that ran.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ def test_plant_is_a_copy_and_ablation_removes_the_blotch(nets: tuple) -> None:
 def test_planted_artifact_units_are_found_and_removal_restores_fid(
         nets: tuple, fid: FIDMeasure) -> None:
     gen, _, source = nets
+    if source == "random weights":
+        # Measured: an untrained generator paints near-uniform images; a checkerboard adds edges
+        # and makes them MORE like rendered scenes, so the planted units rank last (253..255).
+        pytest.skip("planted artifacts are only artifacts on a (partly) trained generator")
     planted = plant_artifacts(gen, "layer4", PLANTED)  # layer4: 256 units
     scores = artifact_scores(planted, "layer4", fid, samples=256, seed=1, top=16)
     ranking = scores.ranking()
