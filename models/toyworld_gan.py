@@ -1,0 +1,212 @@
+"""The bundled Toyworld GAN: a small DCGAN/ProGAN-style generator and discriminator (64x64).
+
+Generator layers (each a hookable module whose output is a feature map ``[n, units, h, w]``):
+
+========  =======  =====  ==========================================
+layer     units    size   op
+========  =======  =====  ==========================================
+layer1    256      4x4    linear from z (128-d) + BN + LeakyReLU
+layer2    256      4x4    conv 3x3 + BN + LeakyReLU
+layer3    256      8x8    transposed conv 4x4/2 + BN + LeakyReLU
+layer4    256      8x8    conv 3x3 + BN + LeakyReLU
+layer5    128      16x16  transposed conv 4x4/2 + BN + LeakyReLU
+layer6    128      16x16  conv 3x3 + BN + LeakyReLU
+layer7    64       32x32  transposed conv 4x4/2 + BN + LeakyReLU
+layer8    32       64x64  transposed conv 4x4/2 + BN + LeakyReLU
+output    3        64x64  conv 3x3 + tanh (not a dissection layer)
+========  =======  =====  ==========================================
+
+Weights ship as safetensors in ``models/weights/`` (the generator holds the EMA weights);
+:func:`load_generator` and :func:`load_discriminator` verify keys and shapes before loading.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Generator
+
+#: Directory of the shipped weights.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+GENERATOR_FILE = "toyworld_gan_g.safetensors"
+DISCRIMINATOR_FILE = "toyworld_gan_d.safetensors"
+METADATA_FILE = "toyworld_gan.json"
+
+#: (name, units, resolution, kind) of each generator layer.
+G_LAYERS: tuple[tuple[str, int, int, str], ...] = (
+    ("layer1", 256, 4, "input"),
+    ("layer2", 256, 4, "conv"),
+    ("layer3", 256, 8, "up"),
+    ("layer4", 256, 8, "conv"),
+    ("layer5", 128, 16, "up"),
+    ("layer6", 128, 16, "conv"),
+    ("layer7", 64, 32, "up"),
+    ("layer8", 32, 64, "up"),
+)
+#: Channels of the discriminator's stride-2 convolutions (64 -> 32 -> 16 -> 8 -> 4 pixels).
+D_WIDTHS: tuple[int, ...] = (64, 128, 256, 256)
+Z_DIM = 128
+
+
+class _Block(nn.Sequential):
+    """conv (3x3, or transposed 4x4 stride 2) + BatchNorm + LeakyReLU(0.2)."""
+
+    def __init__(self, cin: int, cout: int, up: bool) -> None:
+        conv = (nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False) if up
+                else nn.Conv2d(cin, cout, 3, 1, 1, bias=False))
+        super().__init__(conv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+
+class _Input(nn.Module):
+    """z ``[n, z_dim]`` -> ``[n, units, 4, 4]`` (linear + BN + LeakyReLU)."""
+
+    def __init__(self, z_dim: int, units: int) -> None:
+        super().__init__()
+        self.units = units
+        self.linear = nn.Linear(z_dim, units * 16, bias=False)
+        self.norm = nn.BatchNorm2d(units)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.linear(z).view(z.shape[0], self.units, 4, 4)
+        return self.act(self.norm(x))
+
+
+class _Output(nn.Module):
+    """Feature map -> RGB in [-1, 1] (conv 3x3 + tanh)."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 3, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x))
+
+
+class ToyworldGenerator(Generator):
+    """64x64 Toyworld generator; latents are 128-d standard normal (see module docstring)."""
+
+    resolution = 64
+    latent_shape = (Z_DIM,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        cin = Z_DIM
+        for name, units, _, kind in G_LAYERS:
+            block: nn.Module = (_Input(cin, units) if kind == "input"
+                                else _Block(cin, units, up=kind == "up"))
+            self.add_module(name, block)
+            cin = units
+        self.output = _Output(cin)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [name for name, *_ in G_LAYERS]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.check_latents(z)
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        out: torch.Tensor = self.output(x)
+        return out
+
+
+class ToyworldDiscriminator(nn.Module):
+    """64x64 discriminator: images ``[n, 3, 64, 64]`` in [-1, 1] -> realism logits ``[n]``.
+
+    No batch-dependent layers, so each image's logit depends only on that image.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for w in D_WIDTHS:
+            layers += [nn.Conv2d(cin, w, 4, 2, 1), nn.LeakyReLU(0.2)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(cin * 16, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 64, 64):
+            raise ValueError(f"ToyworldDiscriminator expects images [n, 3, 64, 64], "
+                             f"got {list(x.shape)}")
+        out: torch.Tensor = self.head(self.features(x).flatten(1)).squeeze(1)
+        return out
+
+
+def _load_state(module: nn.Module, path: Path, what: str) -> None:
+    """Load safetensors ``path`` into ``module``, verifying keys, shapes and finiteness."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    hint = ("re-export it with `python -m models.train_toyworld_gan --out runs/gan --export` or "
+            "restore it with `git checkout models/weights/`")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights not found at {path}; {hint}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{what} weights at {path} are not a readable safetensors file "
+                         f"({e}); {hint}") from e
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what} weights at {path} do not match {type(module).__name__}: "
+                         f"missing keys {missing}, unexpected keys {unexpected}; {hint}")
+    bad = [f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
+           for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f"{what} weights at {path} have mismatched shapes ({'; '.join(bad)}); "
+                         f"{hint}")
+    nonfinite = [k for k, v in state.items()
+                 if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise ValueError(f"{what} weights at {path} contain NaN/inf in {nonfinite}; {hint}")
+    module.load_state_dict(state)
+
+
+def load_generator(device: str | torch.device = "cpu",
+                   weights: str | Path | None = None) -> ToyworldGenerator:
+    """The trained Toyworld generator (EMA weights) in eval mode on ``device``.
+
+    ``weights`` defaults to the shipped ``models/weights/toyworld_gan_g.safetensors``.
+    """
+    gen = ToyworldGenerator()
+    _load_state(gen, Path(weights) if weights is not None else WEIGHTS_DIR / GENERATOR_FILE,
+                "Toyworld generator")
+    return gen.to(device).eval()
+
+
+def load_discriminator(device: str | torch.device = "cpu",
+                       weights: str | Path | None = None) -> ToyworldDiscriminator:
+    """The trained Toyworld discriminator in eval mode on ``device``."""
+    disc = ToyworldDiscriminator()
+    _load_state(disc, Path(weights) if weights is not None else WEIGHTS_DIR / DISCRIMINATOR_FILE,
+                "Toyworld discriminator")
+    return disc.to(device).eval()
+
+
+def load_metadata(path: str | Path | None = None) -> dict:
+    """The training metadata shipped beside the weights (seed, iterations, settings, time)."""
+    p = Path(path) if path is not None else WEIGHTS_DIR / METADATA_FILE
+    with open(p) as f:
+        data: dict = json.load(f)
+    return data
+
+
+__all__ = ["G_LAYERS", "ToyworldDiscriminator", "ToyworldGenerator", "load_discriminator",
+           "load_generator", "load_metadata"]

@@ -1,0 +1,396 @@
+"""Train the bundled Toyworld GAN on CPU; resumable, background friendly.
+
+Usage::
+
+    python -m models.train_toyworld_gan --seed 0 --iters 4000 --out runs/gan
+    python -m models.train_toyworld_gan --out runs/gan --resume      # continue after a stop
+    python -m models.train_toyworld_gan --out runs/gan --export      # write models/weights/
+
+Training data: a pool of Toyworld scenes of ``--data-seed`` (0) rendered once at start.
+Loss: non-saturating GAN loss with a lazy R1 penalty on real images (every ``--r1-every``
+iterations, scaled by that interval). The generator keeps an EMA copy (ramped decay), whose
+BatchNorm statistics are recalibrated at export. All randomness comes from local
+``torch.Generator`` streams seeded by ``--seed``, saved in checkpoints: the same commands give
+the same weights up to CPU floating-point nondeterminism (thread count, kernel choice).
+The checkpoint ``<out>/checkpoint.pt`` is written atomically every ``--checkpoint-minutes`` and
+loaded with ``weights_only=True``; a NaN/inf loss stops training, keeping the last good one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .toyworld.render import render_batch
+from .toyworld_gan import (
+    DISCRIMINATOR_FILE,
+    GENERATOR_FILE,
+    METADATA_FILE,
+    WEIGHTS_DIR,
+    Z_DIM,
+    ToyworldDiscriminator,
+    ToyworldGenerator,
+)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines the trained weights (saved in checkpoints and metadata)."""
+
+    seed: int = 0
+    data_seed: int = 0
+    pool: int = 30_000
+    batch: int = 32
+    lr_g: float = 4e-4
+    lr_d: float = 4e-4
+    beta1: float = 0.5
+    beta2: float = 0.99
+    r1_gamma: float = 0.1
+    r1_every: int = 16
+    ema_decay: float = 0.999
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or inf."""
+
+
+def render_pool(seed: int, n: int, chunk: int = 1000) -> torch.Tensor:
+    """``n`` Toyworld scenes of ``seed`` as uint8 ``[n, 3, 64, 64]`` (compact training pool)."""
+    out = torch.empty(n, 3, 64, 64, dtype=torch.uint8)
+    for s in range(0, n, chunk):
+        k = min(chunk, n - s)
+        images, _ = render_batch(seed, s, k, 64)
+        out[s:s + k] = torch.from_numpy(np.rint((images + 1.0) * 127.5).astype(np.uint8))
+    return out
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pool images -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+class Trainer:
+    """Holds networks, optimisers and RNG streams; one :meth:`step` is one D + one G update."""
+
+    def __init__(self, settings: Settings, pool: torch.Tensor) -> None:
+        self.s = settings
+        self.pool = pool
+        init = torch.Generator().manual_seed(settings.seed)
+        with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
+            self.g = ToyworldGenerator()
+            self.d = ToyworldDiscriminator()
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        betas = (settings.beta1, settings.beta2)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), settings.lr_g, betas=betas)
+        # Lazy R1: scale the D optimiser as in StyleGAN2 so the effective lr stays settings.lr_d.
+        c = settings.r1_every / (settings.r1_every + 1)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), settings.lr_d * c,
+                                      betas=(settings.beta1 ** c, settings.beta2 ** c))
+        self.rng = torch.Generator().manual_seed(settings.seed + 1)
+        self.iteration = 0
+        self.last: dict[str, float] = {}
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.pool.shape[0], (self.s.batch,), generator=self.rng)
+        real = to_float(self.pool[idx])
+        z = torch.randn(self.s.batch, Z_DIM, generator=self.rng)
+        return real, z
+
+    def step(self) -> dict[str, float]:
+        """One iteration; raises :class:`TrainingDiverged` on a non-finite loss."""
+        s = self.s
+        self.g.train()
+        real, z = self._batch()
+        # Discriminator.
+        with torch.no_grad():
+            fake = self.g(z)
+        d_loss = F.softplus(self.d(fake)).mean() + F.softplus(-self.d(real)).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        r1 = torch.zeros(())
+        if s.r1_gamma > 0 and self.iteration % s.r1_every == 0:
+            real_r = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.d(real_r).sum(), real_r, create_graph=True)
+            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            (0.5 * s.r1_gamma * s.r1_every * r1).backward()
+        self._check({"d_loss": float(d_loss.detach()), "r1": float(r1.detach())})
+        self.opt_d.step()
+        # Generator (D frozen: only input gradients flow through it).
+        _, z2 = self._batch()
+        self.d.requires_grad_(False)
+        g_loss = F.softplus(-self.d(self.g(z2))).mean()
+        self._check({"g_loss": float(g_loss.detach())})
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.d.requires_grad_(True)
+        self.opt_g.step()
+        losses = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
+                  "r1": float(r1.detach())}
+        self._update_ema()
+        self.iteration += 1
+        self.last = losses
+        return losses
+
+    def _check(self, losses: dict[str, float]) -> None:
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(f"non-finite {', '.join(bad)} at iteration {self.iteration}: "
+                                   f"{losses}")
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.s.ema_decay, (1.0 + self.iteration) / (10.0 + self.iteration))
+        for pe, p in zip(self.g_ema.parameters(), self.g.parameters(), strict=True):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(self.g_ema.buffers(), self.g.buffers(), strict=True):
+            be.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": asdict(self.s), "iteration": self.iteration,
+                "g": self.g.state_dict(), "d": self.d.state_dict(),
+                "g_ema": self.g_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
+        self.g_ema.load_state_dict(state["g_ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.rng.set_state(state["rng"])
+        self.iteration = int(state["iteration"])
+
+
+def save_checkpoint(trainer: Trainer, out: Path, elapsed: float) -> None:
+    """Atomically write ``out/checkpoint.pt`` (tmp file + os.replace)."""
+    state = trainer.state_dict()
+    state["elapsed_seconds"] = elapsed
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def load_checkpoint(out: Path) -> dict[str, Any]:
+    """Read ``out/checkpoint.pt`` safely (``weights_only=True``) or raise a clear error."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; start a run without --resume "
+                                f"(or pass the --out directory of an earlier run)")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"checkpoint {path} is unreadable ({e}); delete it and start again "
+                         f"without --resume") from e
+    need = {"settings", "iteration", "g", "d", "g_ema", "opt_g", "opt_d", "rng"}
+    if not isinstance(state, dict) or not need <= set(state):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {path} is not a Toyworld GAN checkpoint: needs keys "
+                         f"{sorted(need)}, has {have}")
+    return state
+
+
+def make_trainer_from_checkpoint(state: dict[str, Any], pool: torch.Tensor) -> Trainer:
+    """A trainer restored from ``state``; mismatched networks raise a clear error."""
+    trainer = Trainer(Settings(**state["settings"]), pool)
+    try:
+        trainer.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"checkpoint does not match the current ToyworldGenerator/"
+                         f"Discriminator architecture ({e}); start a fresh run") from e
+    return trainer
+
+
+@torch.no_grad()
+def sample_grid(gen: nn.Module, path: Path, n: int = 64, seed: int = 12345,
+                scale: int = 2) -> None:
+    """Save an 8x8 grid of ``gen`` samples (latent seed ``seed``), upscaled ``scale``x."""
+    from PIL import Image
+
+    assert isinstance(gen, ToyworldGenerator)
+    was_training = gen.training
+    gen.eval()
+    imgs = gen(gen.sample_latents(n, seed))
+    gen.train(was_training)
+    side = int(math.ceil(math.sqrt(n)))
+    grid = torch.ones(3, side * 66, side * 66)
+    for k in range(n):
+        r, c = divmod(k, side)
+        grid[:, r * 66 + 1:r * 66 + 65, c * 66 + 1:c * 66 + 65] = imgs[k]
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(gen: ToyworldGenerator, seed: int, batches: int = 50,
+                          batch: int = 64) -> None:
+    """Re-estimate BatchNorm running statistics of ``gen`` (cumulative mean over ``batches``)."""
+    norms = [m for m in gen.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    gen.train()
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        gen(torch.randn(batch, Z_DIM, generator=rng))
+    for m in norms:
+        m.momentum = 0.1
+    gen.eval()
+
+
+def export(out: Path, weights_dir: Path, bn_batches: int = 50) -> dict[str, Any]:
+    """Write the EMA generator, the discriminator and metadata from ``out``'s checkpoint."""
+    from safetensors.torch import save_file
+
+    state = load_checkpoint(out)
+    trainer = make_trainer_from_checkpoint(state, torch.empty(0, 3, 64, 64, dtype=torch.uint8))
+    gen = trainer.g_ema
+    recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in gen.state_dict().items()},
+              str(weights_dir / GENERATOR_FILE))
+    save_file({k: v.contiguous() for k, v in trainer.d.state_dict().items()},
+              str(weights_dir / DISCRIMINATOR_FILE))
+    meta = {"seed": trainer.s.seed, "iterations": trainer.iteration,
+            "settings": asdict(trainer.s),
+            "training_seconds": round(float(state.get("elapsed_seconds", 0.0)), 1),
+            "generator_params": sum(p.numel() for p in gen.parameters()),
+            "discriminator_params": sum(p.numel() for p in trainer.d.parameters()),
+            "generator_weights": f"EMA, BatchNorm statistics recalibrated over {bn_batches}x64 "
+                                 "samples",
+            "torch": torch.__version__,
+            "command": "python -m models.train_toyworld_gan --seed "
+                       f"{trainer.s.seed} --iters {trainer.iteration} --out {out}"}
+    with open(weights_dir / METADATA_FILE, "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run (or resume) training as configured by ``args``; returns a process exit code."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(out) if args.resume else None
+    settings = (Settings(**state["settings"]) if state is not None else
+                Settings(seed=args.seed, data_seed=args.data_seed, pool=args.pool,
+                         batch=args.batch, lr_g=args.lr_g, lr_d=args.lr_d, beta1=args.beta1,
+                         beta2=args.beta2, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
+                         ema_decay=args.ema_decay))
+    t0 = time.time()
+    pool = render_pool(settings.data_seed, settings.pool)
+    print(f"rendered {settings.pool} training scenes in {time.time() - t0:.1f}s", flush=True)
+    if state is not None:
+        trainer = make_trainer_from_checkpoint(state, pool)
+        elapsed0 = float(state.get("elapsed_seconds", 0.0))
+        print(f"resumed from {out / CHECKPOINT} at iteration {trainer.iteration}", flush=True)
+    else:
+        trainer = Trainer(settings, pool)
+        elapsed0 = 0.0
+        with open(out / LOG, "w") as f:
+            f.write("iteration,seconds,d_loss,g_loss,r1\n")
+    start = time.time()
+    last_ckpt = start
+
+    def elapsed() -> float:
+        return elapsed0 + time.time() - start
+
+    deadline = start + args.max_minutes * 60 if args.max_minutes else math.inf
+    with open(out / LOG, "a") as log:
+        while trainer.iteration < args.iters:
+            try:
+                losses = trainer.step()
+            except TrainingDiverged as e:
+                print(f"STOPPED: {e}. The last good checkpoint ({out / CHECKPOINT}) is kept; "
+                      "resume from it with a lower learning rate or a larger --r1-gamma.",
+                      file=sys.stderr, flush=True)
+                return 2
+            it = trainer.iteration
+            if it % args.log_every == 0 or it == args.iters:
+                log.write(f"{it},{elapsed():.1f},{losses['d_loss']:.4f},"
+                          f"{losses['g_loss']:.4f},{losses['r1']:.4f}\n")
+                log.flush()
+            now = time.time()
+            done = it >= args.iters or now >= deadline
+            if done or now - last_ckpt >= args.checkpoint_minutes * 60:
+                save_checkpoint(trainer, out, elapsed())
+                sample_grid(trainer.g_ema, out / "samples.png")
+                last_ckpt = now
+                print(f"iteration {it}: checkpoint saved ({elapsed():.0f}s, {losses})",
+                      flush=True)
+            if now >= deadline:
+                print(f"time limit of {args.max_minutes} min reached at iteration {it}; "
+                      "resume with --resume", flush=True)
+                break
+    if args.iters == 0 or trainer.iteration == 0:
+        save_checkpoint(trainer, out, elapsed())
+    print(f"done: iteration {trainer.iteration}, {elapsed():.0f}s", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(prog="python -m models.train_toyworld_gan",
+                                description="Train (or export) the bundled Toyworld GAN on CPU.")
+    p.add_argument("--out", default="runs/gan", help="run directory (checkpoint, log, samples)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--iters", type=int, default=4000, help="total iterations to reach")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--export", action="store_true",
+                   help="write safetensors + json from <out>/checkpoint.pt and exit")
+    p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where --export writes")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="batches of 64 used by --export to recalibrate BatchNorm statistics")
+    p.add_argument("--data-seed", type=int, default=d.data_seed)
+    p.add_argument("--pool", type=int, default=d.pool, help="training scenes rendered at start")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr-g", type=float, default=d.lr_g)
+    p.add_argument("--lr-d", type=float, default=d.lr_d)
+    p.add_argument("--beta1", type=float, default=d.beta1)
+    p.add_argument("--beta2", type=float, default=d.beta2)
+    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma)
+    p.add_argument("--r1-every", type=int, default=d.r1_every)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (with a checkpoint) after this many minutes; 0 = no limit")
+    p.add_argument("--log-every", type=int, default=10)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.export:
+            meta = export(Path(args.out), Path(args.weights_dir), args.bn_batches)
+            print(f"exported iteration {meta['iterations']} to {args.weights_dir}")
+            return 0
+        return train(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
