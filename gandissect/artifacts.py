@@ -23,7 +23,8 @@ no set of k = 5/10/20 units found by either score lowers whole-generator FID bel
 14.72 (top-set FID keeps it lowest: 14.76 / 15.26 / 15.54 vs random 15.21 / 15.46 / 16.79), so
 this GAN shows no removable artifact units at layer4 by these measures. On planted ground truth
 (:mod:`gandissect.plant_artifacts`) the causal score ranks the 5 planted units 0..4 and removing
-them restores FID (56.1 -> 22.3; unplanted 22.0). See ``tests/test_artifacts.py``.
+them restores FID (56.1 -> 22.3; unplanted 22.0; iteration-3,885 training checkpoint, 500
+samples, ``--plant 3,40,100,150,200``). See ``tests/test_artifacts.py``.
 
 Memory: per-sample features ``[samples, dim]`` (or per-image unrealism), latents and per-unit
 maxima ``[samples, units]`` are kept (10,000 samples x 256 units is 10 MB), nothing per pixel.
