@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+from .artifacts import ArtifactScores, RemovalStudy, artifact_scores, removal_study
 from .causal import (
     CausalEffect,
     EffectStats,
@@ -36,6 +37,9 @@ from .intervene import (
     intervene,
     layer_shape,
 )
+from .paint import Brush, BrushSet, History, Painter, Stroke, build_brushes
+from .plant_artifacts import plant_artifacts
+from .quality import frechet_distance, gan_quality
 from .ranking import (
     UnitRanking,
     effect_sweep,
@@ -44,12 +48,16 @@ from .ranking import (
     rank_by_iou,
     single_unit_ace,
 )
+from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
 from .report import write_report
 from .results import LayerResult, load_results, save_results
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactScores", "Brush", "BrushSet", "DiscriminatorMeasure", "FIDMeasure", "History",
+    "Painter", "RealismMeasure", "RemovalStudy", "Stroke", "artifact_scores", "build_brushes",
+    "frechet_distance", "gan_quality", "plant_artifacts", "removal_study",
     "CausalEffect", "DissectConfig", "DissectMismatchError", "Edit", "EffectStats",
     "InsertionHeatmap", "LayerResult", "Trace", "UnitRanking", "UnitStatistics", "__version__",
     "ablation", "active_edits", "apply_edits", "causal_effect", "clear_edits", "dissect",
