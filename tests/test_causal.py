@@ -1,6 +1,5 @@
 """Causal effects on the planted generator, whose units are ground truth, and brute-force checks."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,15 +28,6 @@ from gandissect.ranking import (
     single_unit_ace,
 )
 from models.toyworld import CONCEPTS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine, more threads are much slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Edits as data: the one rule, validation, and no leaks (also after exceptions)."""
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,15 +17,6 @@ from gandissect.intervene import (
     layer_shape,
 )
 from models.toyworld import CONCEPTS
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a shared 2-core machine, more threads are much slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
