@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,19 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_app",
     "gandissect.cli_artifacts",
 )
+
+
+def load_model_and_segmenter(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``models.load(args.model)`` and ``segmenters.load(args.segmenter)`` on ``args.device``.
+
+    Errors (unknown names, missing weights) propagate to :func:`main`, which prints them and
+    exits with status 2.
+    """
+    import models
+    import segmenters
+
+    return (models.load(args.model, device=args.device),
+            segmenters.load(args.segmenter, device=args.device))
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -134,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as exc:
         print(f"gandissect {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -58,8 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
-    import models
-    import segmenters
+    from gandissect.cli import load_model_and_segmenter
     from gandissect.dissect import DissectMismatchError, dissect
     from gandissect.report import write_report
 
@@ -67,12 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: need --samples >= 1 and --batch-size >= 1, got {args.samples} and "
               f"{args.batch_size}", file=sys.stderr)
         return 2
-    try:
-        gen = models.load(args.model, device=args.device)
-        seg = segmenters.load(args.segmenter, device=args.device)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    gen, seg = load_model_and_segmenter(args)
     try:
         with torch.no_grad():
             results = dissect(

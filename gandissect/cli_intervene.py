@@ -131,14 +131,12 @@ def run(args: argparse.Namespace, mode: str) -> int:
 
 def _run(args: argparse.Namespace, mode: str) -> int:
     """Rank or take units, measure the effect, sweep k, write JSON, plot and grids."""
-    import models
-    import segmenters
+    from gandissect.cli import load_model_and_segmenter
 
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     t0 = time.time()
-    gen = models.load(args.model, device=args.device)
-    seg = segmenters.load(args.segmenter, device=args.device)
+    gen, seg = load_model_and_segmenter(args)
     seg.label_index(args.concept)
     n_units, h, w = layer_shape(gen, args.layer)
     mask = load_mask(args, h, w)

@@ -36,20 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
-    import models
-    import segmenters
+    from gandissect.cli import load_model_and_segmenter
     from gandissect.quality import format_table, gan_quality
 
     if args.samples < 2 or args.batch_size < 1:
         print(f"error: need --samples >= 2 and --batch-size >= 1, got {args.samples} and "
               f"{args.batch_size}", file=sys.stderr)
         return 2
-    try:
-        gen = models.load(args.model, device=args.device)
-        seg = segmenters.load(args.segmenter, device=args.device)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    gen, seg = load_model_and_segmenter(args)
     with torch.no_grad():
         result = gan_quality(gen, seg, samples=args.samples, seed=args.seed,
                              batch_size=args.batch_size, progress=not args.no_progress)
