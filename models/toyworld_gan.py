@@ -118,21 +118,33 @@ class ToyworldGenerator(Generator):
         return out
 
 
+def _group_size(n: int, group: int) -> int:
+    """The largest divisor of ``n`` that is at most ``group`` (1 when ``n`` is 1)."""
+    return max(g for g in range(1, min(group, n) + 1) if n % g == 0)
+
+
 class ToyworldDiscriminator(nn.Module):
     """64x64 discriminator: images ``[n, 3, 64, 64]`` in [-1, 1] -> realism logits ``[n]``.
 
-    No batch-dependent layers, so each image's logit depends only on that image.
+    With ``mbstd_group=0`` there are no batch-dependent layers, so each image's logit depends
+    only on that image. With ``mbstd_group=g > 0`` (ProGAN's minibatch standard deviation, which
+    lets D see a lack of variety), consecutive groups of up to ``g`` images share one extra
+    feature: the mean over features of their standard deviation at 4x4, so a logit depends on
+    its group (score images in batches whose size is a multiple of ``g``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mbstd_group: int = 0) -> None:
         super().__init__()
+        if mbstd_group < 0:
+            raise ValueError(f"mbstd_group must be >= 0, got {mbstd_group}")
+        self.mbstd_group = mbstd_group
         layers: list[nn.Module] = []
         cin = 3
         for w in D_WIDTHS:
             layers += [nn.Conv2d(cin, w, 4, 2, 1), nn.LeakyReLU(0.2)]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(cin * 16, 1)
+        self.head = nn.Linear((cin + (1 if mbstd_group else 0)) * 16, 1)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(m.weight, 0.0, 0.02)
@@ -143,7 +155,15 @@ class ToyworldDiscriminator(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 64, 64):
             raise ValueError(f"ToyworldDiscriminator expects images [n, 3, 64, 64], "
                              f"got {list(x.shape)}")
-        out: torch.Tensor = self.head(self.features(x).flatten(1)).squeeze(1)
+        h = self.features(x)
+        if self.mbstd_group:
+            n, c, hh, ww = h.shape
+            g = _group_size(n, self.mbstd_group)
+            grouped = h.view(g, n // g, c, hh, ww)  # image i is in group i % (n // g)
+            std = (grouped.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+            feat = std.view(1, n // g, 1, 1, 1).expand(g, n // g, 1, hh, ww).reshape(n, 1, hh, ww)
+            h = torch.cat([h, feat], dim=1)
+        out: torch.Tensor = self.head(h.flatten(1)).squeeze(1)
         return out
 
 
@@ -193,10 +213,18 @@ def load_generator(device: str | torch.device = "cpu",
 
 def load_discriminator(device: str | torch.device = "cpu",
                        weights: str | Path | None = None) -> ToyworldDiscriminator:
-    """The trained Toyworld discriminator in eval mode on ``device``."""
-    disc = ToyworldDiscriminator()
-    _load_state(disc, Path(weights) if weights is not None else WEIGHTS_DIR / DISCRIMINATOR_FILE,
-                "Toyworld discriminator")
+    """The trained Toyworld discriminator in eval mode on ``device``.
+
+    Its minibatch-stddev group size is read from the training metadata beside the weights
+    (``toyworld_gan.json``; 0 = no minibatch-stddev when absent).
+    """
+    path = Path(weights) if weights is not None else WEIGHTS_DIR / DISCRIMINATOR_FILE
+    group = 0
+    meta_path = path.parent / METADATA_FILE
+    if meta_path.is_file():
+        group = int(load_metadata(meta_path).get("settings", {}).get("mbstd_group", 0))
+    disc = ToyworldDiscriminator(mbstd_group=group)
+    _load_state(disc, path, "Toyworld discriminator")
     return disc.to(device).eval()
 
 

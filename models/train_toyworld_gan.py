@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -64,6 +65,8 @@ class Settings:
     r1_gamma: float = 0.1
     r1_every: int = 16
     ema_decay: float = 0.999
+    mbstd_group: int = 0
+    reuse_fake: bool = False
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,7 +98,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
             self.g = ToyworldGenerator()
-            self.d = ToyworldDiscriminator()
+            self.d = ToyworldDiscriminator(settings.mbstd_group)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         betas = (settings.beta1, settings.beta2)
         self.opt_g = torch.optim.Adam(self.g.parameters(), settings.lr_g, betas=betas)
@@ -119,8 +122,12 @@ class Trainer:
         self.g.train()
         real, z = self._batch()
         # Discriminator.
-        with torch.no_grad():
-            fake = self.g(z)
+        if s.reuse_fake:  # the G step below reuses this batch (saves one generator forward)
+            fake_g = self.g(z)
+            fake = fake_g.detach()
+        else:
+            with torch.no_grad():
+                fake = self.g(z)
         d_loss = F.softplus(self.d(fake)).mean() + F.softplus(-self.d(real)).mean()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -133,9 +140,11 @@ class Trainer:
         self._check({"d_loss": float(d_loss.detach()), "r1": float(r1.detach())})
         self.opt_d.step()
         # Generator (D frozen: only input gradients flow through it).
-        _, z2 = self._batch()
+        if not s.reuse_fake:
+            _, z2 = self._batch()
+            fake_g = self.g(z2)
         self.d.requires_grad_(False)
-        g_loss = F.softplus(-self.d(self.g(z2))).mean()
+        g_loss = F.softplus(-self.d(fake_g)).mean()
         self._check({"g_loss": float(g_loss.detach())})
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -296,7 +305,8 @@ def train(args: argparse.Namespace) -> int:
                 Settings(seed=args.seed, data_seed=args.data_seed, pool=args.pool,
                          batch=args.batch, lr_g=args.lr_g, lr_d=args.lr_d, beta1=args.beta1,
                          beta2=args.beta2, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
-                         ema_decay=args.ema_decay))
+                         ema_decay=args.ema_decay, mbstd_group=args.mbstd_group,
+                         reuse_fake=args.reuse_fake))
     t0 = time.time()
     pool = render_pool(settings.data_seed, settings.pool)
     print(f"rendered {settings.pool} training scenes in {time.time() - t0:.1f}s", flush=True)
@@ -332,8 +342,13 @@ def train(args: argparse.Namespace) -> int:
                 log.flush()
             now = time.time()
             done = it >= args.iters or now >= deadline
-            if done or now - last_ckpt >= args.checkpoint_minutes * 60:
+            snapshot = bool(args.snapshot_every) and it % args.snapshot_every == 0
+            if done or snapshot or now - last_ckpt >= args.checkpoint_minutes * 60:
                 save_checkpoint(trainer, out, elapsed())
+                if snapshot:  # a kept copy, for choosing among iterations afterwards
+                    snap = out / "snapshots" / f"iter_{it:06d}"
+                    snap.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out / CHECKPOINT, snap / CHECKPOINT)
                 sample_grid(trainer.g_ema, out / "samples.png")
                 last_ckpt = now
                 print(f"iteration {it}: checkpoint saved ({elapsed():.0f}s, {losses})",
@@ -371,10 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r1-gamma", type=float, default=d.r1_gamma)
     p.add_argument("--r1-every", type=int, default=d.r1_every)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--mbstd-group", type=int, default=d.mbstd_group,
+                   help="discriminator minibatch-stddev group size (0 = off)")
+    p.add_argument("--reuse-fake", action="store_true",
+                   help="G step reuses the D step's fake batch (one generator forward less)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop (with a checkpoint) after this many minutes; 0 = no limit")
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep a copy of the checkpoint every N iterations in "
+                        "<out>/snapshots/iter_N/ (export one with --out that folder)")
     p.add_argument("--log-every", type=int, default=10)
     return p
 

@@ -74,6 +74,43 @@ def test_discriminator_logit_per_image() -> None:
         d(torch.zeros(1, 3, 32, 32))
 
 
+def test_minibatch_stddev_discriminator() -> None:
+    d = ToyworldDiscriminator(mbstd_group=4).eval()
+    x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        full = d(x)
+        # Groups are {i, i+2, i+4, i+6}: the same groups give the same logits ...
+        torch.testing.assert_close(d(x[[0, 2, 4, 6]]), full[[0, 2, 4, 6]])
+        # ... identical images have zero spread, which the feature shows to the head.
+        same = d(x[:1].expand(4, -1, -1, -1))
+        single = d(x[:1])  # a batch of one is its own group: spread 0 as well
+    torch.testing.assert_close(same, single.expand(4))
+    assert not torch.allclose(full[0], single[0])
+    with torch.no_grad():  # brute force: the head sees each group's mean feature spread
+        h = d.features(x)
+        std = [torch.stack([h[j] for j in range(i, 8, 2)]).var(0, unbiased=False).add(1e-8)
+               .sqrt().mean() for i in range(2)]
+        feat = torch.stack([torch.full((1, 4, 4), float(std[i % 2])) for i in range(8)])
+        manual = d.head(torch.cat([h, feat], 1).flatten(1)).squeeze(1)
+    torch.testing.assert_close(full, manual)
+    with pytest.raises(ValueError, match="mbstd_group"):
+        ToyworldDiscriminator(mbstd_group=-1)
+
+
+def test_mbstd_discriminator_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert tr.main(_args(out, "--iters", "2", "--mbstd-group", "2", "--reuse-fake",
+                         "--snapshot-every", "1")) == 0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["iter_000001",
+                                                                     "iter_000002"]
+    weights = tmp_path / "weights"
+    assert tr.main(["--out", str(out / "snapshots" / "iter_000001"), "--export",
+                    "--weights-dir", str(weights), "--bn-batches", "1"]) == 0
+    d = load_discriminator(weights=weights / "toyworld_gan_d.safetensors")
+    assert d.mbstd_group == 2 and d(torch.zeros(2, 3, 64, 64)).shape == (2,)
+    assert '"iterations": 1' in (weights / "toyworld_gan.json").read_text()
+
+
 def test_loading_errors(tmp_path: Path, gen: ToyworldGenerator) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         load_generator(weights=tmp_path / "missing.safetensors")
