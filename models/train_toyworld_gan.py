@@ -267,8 +267,17 @@ def recalibrate_batchnorm(gen: ToyworldGenerator, seed: int, batches: int = 50,
     gen.eval()
 
 
-def export(out: Path, weights_dir: Path, bn_batches: int = 50) -> dict[str, Any]:
-    """Write the EMA generator, the discriminator and metadata from ``out``'s checkpoint."""
+def _storable(state: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, floating point ones as float16 when ``half`` (loading casts back)."""
+    return {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+            for k, v in state.items()}
+
+
+def export(out: Path, weights_dir: Path, bn_batches: int = 50,
+           half: bool = True) -> dict[str, Any]:
+    """Write the EMA generator, the discriminator and metadata from ``out``'s checkpoint.
+
+    ``half`` stores weights as float16 (half the file size; loaders compute in float32)."""
     from safetensors.torch import save_file
 
     state = load_checkpoint(out)
@@ -276,10 +285,8 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50) -> dict[str, Any]
     gen = trainer.g_ema
     recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in gen.state_dict().items()},
-              str(weights_dir / GENERATOR_FILE))
-    save_file({k: v.contiguous() for k, v in trainer.d.state_dict().items()},
-              str(weights_dir / DISCRIMINATOR_FILE))
+    save_file(_storable(gen.state_dict(), half), str(weights_dir / GENERATOR_FILE))
+    save_file(_storable(trainer.d.state_dict(), half), str(weights_dir / DISCRIMINATOR_FILE))
     meta = {"seed": trainer.s.seed, "iterations": trainer.iteration,
             "settings": asdict(trainer.s),
             "training_seconds": round(float(state.get("elapsed_seconds", 0.0)), 1),
@@ -287,6 +294,7 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50) -> dict[str, Any]
             "discriminator_params": sum(p.numel() for p in trainer.d.parameters()),
             "generator_weights": f"EMA, BatchNorm statistics recalibrated over {bn_batches}x64 "
                                  "samples",
+            "stored_dtype": "float16" if half else "float32",
             "torch": torch.__version__,
             "command": "python -m models.train_toyworld_gan --seed "
                        f"{trainer.s.seed} --iters {trainer.iteration} --out {out}"}
@@ -376,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where --export writes")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="batches of 64 used by --export to recalibrate BatchNorm statistics")
+    p.add_argument("--float32", action="store_true",
+                   help="--export stores float32 weights (default float16: half the size)")
     p.add_argument("--data-seed", type=int, default=d.data_seed)
     p.add_argument("--pool", type=int, default=d.pool, help="training scenes rendered at start")
     p.add_argument("--batch", type=int, default=d.batch)
@@ -405,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.export:
-            meta = export(Path(args.out), Path(args.weights_dir), args.bn_batches)
+            meta = export(Path(args.out), Path(args.weights_dir), args.bn_batches,
+                          half=not args.float32)
             print(f"exported iteration {meta['iterations']} to {args.weights_dir}")
             return 0
         return train(args)

@@ -109,6 +109,11 @@ def test_mbstd_discriminator_round_trip(tmp_path: Path) -> None:
     d = load_discriminator(weights=weights / "toyworld_gan_d.safetensors")
     assert d.mbstd_group == 2 and d(torch.zeros(2, 3, 64, 64)).shape == (2,)
     assert '"iterations": 1' in (weights / "toyworld_gan.json").read_text()
+    from safetensors.torch import load_file
+    stored = load_file(str(weights / "toyworld_gan_d.safetensors"))
+    assert stored["head.weight"].dtype == torch.float16  # half-size files, float32 compute
+    assert d.head.weight.dtype == torch.float32
+    torch.testing.assert_close(d.head.weight, stored["head.weight"].float())
 
 
 def test_loading_errors(tmp_path: Path, gen: ToyworldGenerator) -> None:
