@@ -19,6 +19,9 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "upernet": ("segmenters.upernet:load_segmenter",
                 "Unified Perceptual Parsing (UPerNet ResNet-50; object/part/material), "
                 "needs path= to a local folder"),
+    "segformer": ("segmenters.segformer:load_segmenter",
+                  "SegFormer via transformers (ADE20K, 150 objects), "
+                  "needs path= to a local folder or a hub id"),
 }
 
 
