@@ -28,8 +28,33 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` -> ``(name, {})``; ``"name:path"`` -> ``(name, {"path": path})``.
+
+    The path may be a local file or folder, or a hub id (``segformer:nvidia/segformer-b0-...``).
+
+    >>> split_spec("toyworld")
+    ('toyworld', {})
+    >>> split_spec("segformer:/data/segformer-b0")
+    ('segformer', {'path': '/data/segformer-b0'})
+    """
+    name, sep, path = spec.partition(":")
+    if sep and not path:
+        raise ValueError(f"{spec!r} names no path after ':'; use NAME or NAME:PATH")
+    return name, ({"path": path} if sep else {})
+
+
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """Options every command that loads a model or segmenter by name shares."""
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow pickled checkpoints (can run code: only for files you trust)")
+
+
 def load_model_and_segmenter(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``models.load(args.model)`` and ``segmenters.load(args.segmenter)`` on ``args.device``.
+    """``models.load`` and ``segmenters.load`` of ``args.model`` / ``args.segmenter`` on
+    ``args.device``. Either may be ``NAME:PATH`` (a local checkpoint, folder or hub id);
+    ``args.trust_pickle`` (when present and set) reaches the loaders that read checkpoint files
+    (zoo and family models, segmenters given a path).
 
     Errors (unknown names, missing weights) propagate to :func:`main`, which prints them and
     exits with status 2.
@@ -37,8 +62,15 @@ def load_model_and_segmenter(args: argparse.Namespace) -> tuple[Any, Any]:
     import models
     import segmenters
 
-    return (models.load(args.model, device=args.device),
-            segmenters.load(args.segmenter, device=args.device))
+    model, model_kw = split_spec(args.model)
+    seg, seg_kw = split_spec(args.segmenter)
+    if getattr(args, "trust_pickle", False):  # only loaders that read checkpoint files take it
+        if model not in models.REGISTRY:
+            model_kw["trust_pickle"] = True
+        if seg_kw:
+            seg_kw["trust_pickle"] = True
+    return (models.load(model, device=args.device, **model_kw),
+            segmenters.load(seg, device=args.device, **seg_kw))
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Dissect layers of a generator: per unit, the concept whose segmentation "
                     "best matches the unit's thresholded, upsampled activation (IoU). Writes "
                     "results (safetensors + JSON), dissect.json, plots and report.html to --out.")
-    p.add_argument("--model", required=True, help="generator name (see `gandissect models`)")
+    p.add_argument("--model", required=True,
+                   help="generator name (see `gandissect models`), or FAMILY:PATH for a local "
+                        "checkpoint")
+    from gandissect.cli import add_load_options
+
+    add_load_options(p)
     p.add_argument("--segmenter", required=True,
                    help="segmenter name (see `gandissect segmenters`)")
     p.add_argument("--layer", action="append", required=True, dest="layers",

@@ -227,8 +227,13 @@ def _run(args: argparse.Namespace, mode: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
-    p.add_argument("--model", default="toyworld", help="generator name (gandissect models)")
-    p.add_argument("--segmenter", default="toyworld", help="segmenter name")
+    p.add_argument("--model", default="toyworld",
+                   help="generator name (gandissect models), or FAMILY:PATH")
+    from gandissect.cli import add_load_options
+
+    add_load_options(p)
+    p.add_argument("--segmenter", default="toyworld",
+                   help="segmenter name, or NAME:PATH (e.g. segformer:DIR)")
     p.add_argument("--layer", required=True, help="layer to edit")
     p.add_argument("--concept", required=True, help="concept to measure")
     g = p.add_mutually_exclusive_group(required=True)

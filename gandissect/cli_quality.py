@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "generator's samples with rendered Toyworld scenes of a held-out seed; "
                     "reports FSD beside its sampling floor and an untrained generator's value.")
     p.add_argument("--model", default="toyworld", help="generator name (see models.available())")
+    from gandissect.cli import add_load_options
+
+    add_load_options(p)
     p.add_argument("--segmenter", default="toyworld",
                    help="segmenter name (see segmenters.available())")
     p.add_argument("--samples", type=int, default=2000, help="images per set (>= 2)")

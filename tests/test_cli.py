@@ -29,3 +29,33 @@ def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--samples must be >= 1" in capsys.readouterr().err
     assert main(["render", "--samples", "2", "--segmenter", "nope", "--out", str(tmp_path)]) == 2
     assert "known segmenters" in capsys.readouterr().err
+
+
+def test_local_checkpoint_spec_and_trust_pickle(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model FAMILY:PATH`` loads a local checkpoint; a pickle needs ``--trust-pickle``."""
+    import datetime
+
+    import torch
+
+    from models.progan import ProGAN
+
+    g = ProGAN([16, 8, 8, 4, 4], seed=0)
+    plain, pickled = tmp_path / "g.pth", tmp_path / "pickled.pth"
+    torch.save(g.state_dict(), plain)
+    torch.save({"state_dict": g.state_dict(), "date": datetime.date(2020, 1, 1)}, pickled)
+    common = ["--segmenter", "color", "--layer", "layer4", "--concept", "green", "--units",
+              "0,1", "--samples", "4", "--json"]
+    assert main(["ablate", "--model", f"progan:{plain}", *common,
+                 "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert report["units"] == [0, 1] and "relative" in json.dumps(report)
+    capsys.readouterr()
+    assert main(["ablate", "--model", f"progan:{pickled}", *common,
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "trust_pickle" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="trust_pickle=True"):
+        assert main(["ablate", "--model", f"progan:{pickled}", "--trust-pickle", *common,
+                     "--out", str(tmp_path / "c")]) == 0
+    assert main(["ablate", "--model", "progan:", *common, "--out", str(tmp_path / "d")]) == 2
+    assert "names no path" in capsys.readouterr().err
