@@ -3,8 +3,11 @@
     python benchmarks/dissect.py --model toyworld --segmenter toyworld --layer layer4 \\
         --samples 2000 --mem-samples 1000,10000
 
-Prints (1) the wall time of ``dissect()`` over ``--samples`` samples divided by the wall time of
-the bare generator + segmenter forward passes over the same samples and batches (the "floor");
+Prints (1) the time of ``dissect()`` over ``--samples`` samples divided by the time of the bare
+generator + segmenter forward passes over the same samples and batches (the "floor", measured
+before and after the dissection and averaged), as wall time and as process CPU time (with one
+thread the CPU ratio is the steadier one on a shared, busy machine; ``--repeats`` gives the
+median over several dissections);
 (2) for each count in ``--mem-samples``, in a fresh subprocess, the peak resident-set growth
 during ``dissect()`` (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the run minus before
 it, after loading the models and one warm-up batch). ``--random-weights`` builds the bundled
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,22 +46,26 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     return gen, seg
 
 
-def floor_seconds(gen: Any, seg: Any, samples: int, seed: int, batch: int) -> float:
-    """Wall time of generating and segmenting ``samples`` samples (latent sampling included)."""
-    t0 = time.perf_counter()
+def floor_seconds(gen: Any, seg: Any, samples: int, seed: int, batch: int
+                  ) -> tuple[float, float]:
+    """Wall and process-CPU time of generating and segmenting ``samples`` samples (latent
+    sampling included)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for s in range(0, samples, batch):
             x = gen(gen.sample_latents(min(batch, samples - s), seed, s))
             seg.segment(x)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int) -> float:
+def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int
+                ) -> tuple[float, float]:
+    """Wall and process-CPU time of ``dissect()`` over ``samples`` samples."""
     from gandissect.dissect import dissect
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dissect(gen, seg, args.layer, samples=samples, seed=args.seed, batch_size=args.batch_size,
             threshold=args.threshold)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def memory_worker(args: argparse.Namespace) -> None:
@@ -65,7 +73,7 @@ def memory_worker(args: argparse.Namespace) -> None:
     gen, seg = load(args)
     floor_seconds(gen, seg, args.batch_size, args.seed + 1, args.batch_size)   # warm up
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = run_dissect(gen, seg, args, args.worker_mem)
+    seconds, _ = run_dissect(gen, seg, args, args.worker_mem)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"samples": args.worker_mem, "peak_rss_growth_mb": (after - before) / 1024,
                       "peak_rss_mb": after / 1024, "seconds": seconds}))
@@ -83,6 +91,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threshold", default="quantile", choices=("quantile", "iqr"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="dissections (each between two floor measurements); median ratio")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--worker-mem", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -94,14 +104,29 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     gen, seg = load(args)
     floor_seconds(gen, seg, args.batch_size, args.seed + 1, args.batch_size)   # warm up
-    floor = floor_seconds(gen, seg, args.samples, args.seed, args.batch_size)
-    took = run_dissect(gen, seg, args, args.samples)
+    # each dissection is compared with the mean of the floors measured right before and after
+    # it, so that a load change on a shared machine biases the ratio less; CPU time (one thread)
+    # is the steadier number; with --repeats, the median ratio over the repeats
+    floors = [floor_seconds(gen, seg, args.samples, args.seed, args.batch_size)]
+    runs = []
+    for _ in range(args.repeats):
+        runs.append(run_dissect(gen, seg, args, args.samples))
+        floors.append(floor_seconds(gen, seg, args.samples, args.seed, args.batch_size))
+    wall = [r[0] / ((a[0] + b[0]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
+    cpu = [r[1] / ((a[1] + b[1]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
     print(f"model={args.model} segmenter={args.segmenter} layers={args.layer} "
           f"samples={args.samples} batch={args.batch_size} threads={args.threads} "
-          f"threshold={args.threshold}")
-    print(f"floor (generator + segmenter forward): {floor:.2f} s")
-    print(f"dissection:                            {took:.2f} s")
-    print(f"ratio dissection / floor:              {took / floor:.2f}x")
+          f"threshold={args.threshold} repeats={args.repeats}")
+    print(f"floor (generator + segmenter forward): "
+          f"{statistics.mean(f[0] for f in floors):.2f} s wall "
+          f"({', '.join(f'{f[0]:.2f}' for f in floors)}), "
+          f"{statistics.mean(f[1] for f in floors):.2f} s CPU")
+    print(f"dissection:                            "
+          f"{statistics.mean(r[0] for r in runs):.2f} s wall "
+          f"({', '.join(f'{r[0]:.2f}' for r in runs)}), "
+          f"{statistics.mean(r[1] for r in runs):.2f} s CPU")
+    print(f"ratio dissection / floor:              {statistics.median(wall):.2f}x wall, "
+          f"{statistics.median(cpu):.2f}x CPU")
     counts = [int(c) for c in args.mem_samples.split(",") if c.strip()]
     rows = []
     for n in counts:

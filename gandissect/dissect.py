@@ -5,15 +5,22 @@ regenerates exactly what pass 1 saw):
 
 1. generator only, stopped after the deepest requested layer: per unit, the range of raw
    activations, the top-k samples, and (``threshold="quantile"``) a histogram of the upsampled
-   activations that brackets ``t_u`` inside one bin. A running lower bound on ``t_u`` (the value
-   with ``q * N * P`` seen values above it can only rise) means only pixels of quads that may
-   exceed it are ever upsampled.
+   activations that brackets ``t_u`` inside one bin. Only values above a per-unit cut are
+   binned: a guess at about twice the target fraction (from the values seen so far; see
+   ``GUESS_FACTOR``). At the end, a unit whose bracket might reach below its largest cut (the
+   guess was too high) is detected exactly and gets another pass-1 round cut at valid lower
+   bounds only, so guesses change the cost, never the result.
 2. generator + segmenter: exact int64 counts, in ``2**fine_log2`` sub-bins of that bin and above
-   it, of all / per-concept / per-category pixels. ``t_u`` is the sub-bin edge whose exact count
-   above is nearest ``q * N * P``; IoU is then exact at ``t_u``.
+   it, of all / per-concept / per-category pixels (one ``bincount`` over (unit, sub-bin, code of
+   the pixel's concept set and its image's categories)). ``t_u`` is the sub-bin edge whose exact
+   count above is nearest ``q * N * P``; IoU is then exact at ``t_u``.
    With ``threshold="iqr"``: exact per-concept histograms over the whole range instead, and per
    unit-concept the edge maximising ``I(A;S) / H(A,S)``; pairs whose best ratio stays below
    ``min_iqr`` (default 0.01) cannot label the unit (see :attr:`LayerResult.score`).
+
+In quantile mode both passes upsample only where needed (:meth:`Upsampler.iter_above`: the
+cheap vertical pass everywhere, the horizontal pass only on segments that may exceed the cut),
+bit-identically to the dense upsampling, so no pass holds a batch's full-resolution maps.
 
 ``category_conditioned=True`` (Broden style): the union for concept ``c`` counts only pixels of
 images where ``c``'s category is present, i.e. where some concept of that category has at least
@@ -38,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from .hooks import Trace
 from .quantile import UnitHistogram
 from .results import LayerResult, atomic_write_bytes, load_results, save_results
-from .stats import ConceptHistogram, ThresholdCounts, TopK, suffix_sum
+from .stats import ConceptHistogram, ThresholdCounts, TopK, encode_rows, suffix_sum
 from .upsample import Upsampler
 
 __all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
@@ -87,15 +94,12 @@ def _first_bad(acts: torch.Tensor) -> int | None:
     return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
 
-def _round_down_f32(x: torch.Tensor) -> torch.Tensor:
-    """Largest float32 <= x (float64 in), so that ``v > x`` iff ``v > result`` for float32 v."""
-    f = x.float()
-    return torch.where(f.double() > x, torch.nextafter(f, torch.full_like(f, -float("inf"))), f)
-
-
-def _guard(qmax: torch.Tensor) -> torch.Tensor:
-    """Quad maxima padded by a few ulps: every upsampled value in a quad is <= this."""
-    return qmax.double() + qmax.double().abs() * 1e-6 + 1e-30
+#: Pass-1 cut guesses (see :meth:`_LayerState.pass1`): bin only values above the level with
+#: ``GUESS_FACTOR * q`` of the values seen so far in the run above it (first batch:
+#: ``FIRST_GUESS_FACTOR * q`` of a subsample of its own values). A guess that turns out too
+#: high costs one more pass over the generator prefix for the affected units, never accuracy.
+GUESS_FACTOR = 2.0
+FIRST_GUESS_FACTOR = 3.0
 
 
 class _LayerState:
@@ -104,15 +108,22 @@ class _LayerState:
     def __init__(self, cfg: DissectConfig, units: int, src: tuple[int, int],
                  dst: tuple[int, int], device: torch.device) -> None:
         self.units, self.src, self.dst = units, src, dst
+        self.q = cfg.quantile
         self.up = Upsampler(src, dst, device)
         self.hist = UnitHistogram(units, cfg.bins, device)
         self.topk = TopK(units, cfg.topk, device)
         self.target = cfg.quantile * cfg.samples * self.up.pixels
         self.counts: ThresholdCounts | ConceptHistogram | None = None
+        # pass-1 round: 0 = all samples, all units; r > 0 = again for units whose guess failed
+        self.round = 0
+        self.active = torch.ones(units, dtype=torch.bool, device=device)
+        self.cut = torch.full((units,), -float("inf"), dtype=torch.float64, device=device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"hist.{k}": v for k, v in self.hist.state_dict().items()}
         out.update({f"topk.{k}": v for k, v in self.topk.state_dict().items()})
+        out.update({"p1.round": torch.tensor(self.round), "p1.active": self.active.clone(),
+                    "p1.cut": self.cut.clone()})
         if self.counts is not None:
             out.update({f"counts.{k}": v for k, v in self.counts.state_dict().items()})
         return out
@@ -123,37 +134,69 @@ class _LayerState:
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         self.hist.load_state_dict(part("hist."))
         self.topk.load_state_dict(part("topk."))
+        self.round = int(state["p1.round"])
+        self.active = state["p1.active"].to(self.active.device, torch.bool).clone()
+        self.cut = state["p1.cut"].to(self.cut.device, torch.float64).clone()
         if any(k.startswith("counts.") for k in state):
             self.start_pass2(cfg, n_concepts, n_categories)
             assert self.counts is not None
             self.counts.load_state_dict(part("counts."))
 
     # ------------------------------------------------------------------ pass 1
-    def pass1(self, acts: torch.Tensor, indices: torch.Tensor, quantile_mode: bool) -> None:
-        self.topk.add(acts.amax((2, 3)), indices)
-        flat = acts.transpose(0, 1).reshape(self.units, -1)
-        self.hist.extend_range(flat.min(1).values, flat.max(1).values)
-        if not quantile_mode:
+    def pass1(self, acts: torch.Tensor, indices: torch.Tensor, quantile_mode: bool,
+              seen: int) -> None:
+        """Add a batch; ``seen`` = samples of this round before it.
+
+        Histogram every upsampled value above a per-unit cut (the rest only counted). Let ``C``
+        be the largest cut of the round and ``lo`` the bracket edge that the histogram yields
+        (:meth:`UnitHistogram.top_edge`). Every value ``> C`` is binned, so ``lo`` is exact
+        whenever ``lo >= floor_grid(C)`` (checked by :meth:`failed_units`). Round 0 cuts at a
+        guess (``GUESS_FACTOR``); later rounds only at valid lower bounds of the threshold,
+        which cannot fail.
+        """
+        if self.round == 0:
+            self.topk.add(acts.amax((2, 3)), indices)
+            self.hist.extend_range(acts.amin((0, 2, 3)), acts.amax((0, 2, 3)))
+        if not quantile_mode or not bool(self.active.any()):
             return
-        cut, _ = self.hist.top_edge(self.target)                          # lower bound on t_u
-        cut = torch.maximum(cut, self.up.quad_min_bound(acts, self.target))  # also valid
-        quads = _guard(self.up.quad_max(acts)) > cut[None, :, None, None]
+        units = self.active.nonzero().squeeze(1)
+        a = acts if units.numel() == self.units else acts.index_select(1, units)
+        cut = self.hist.top_edge(self.target)[0][units]                    # valid lower bound
+        if self.round > 0:
+            cut = torch.maximum(cut, self.up.quad_min_bound(a, self.target))   # also valid
+        elif seen == 0:                       # estimate from a subsample of the batch's values
+            sub = self.up.subsample(a).transpose(0, 1).reshape(units.numel(), -1)
+            k = int(sub.shape[1] - FIRST_GUESS_FACTOR * self.q * sub.shape[1])
+            if k >= 1:
+                cut = torch.maximum(cut, sub.kthvalue(k, dim=1).values.double())
+        else:           # (at most all binned values: a low first guess is not made lower)
+            want = torch.minimum(self.hist.counts.sum(1).double(),
+                                 torch.tensor(GUESS_FACTOR * self.q * seen * self.up.pixels))
+            cut = torch.maximum(cut, self.hist.top_edge(want)[0][units])
+        self.cut[units] = torch.maximum(self.cut[units], cut)
+        flat = [self.hist.flat_index(v, units[u])
+                for v, u, _ in self.up.iter_above(a, cut, positions=False)]
+        before = self.hist.counts.sum(1)
+        if flat:
+            self.hist.add_flat(torch.cat(flat))
+        added = self.hist.counts.sum(1) - before
         pixels = acts.shape[0] * self.up.pixels
-        if float(quads.float().mean()) > 0.25:
-            cut32 = _round_down_f32(cut)
-            step = max(1, (1 << 22) // max(1, acts.shape[0] * self.up.pixels))
-            added = torch.zeros(self.units, dtype=torch.long, device=acts.device)
-            for s in range(0, self.units, step):
-                v = self.up.dense(acts[:, s:s + step]).transpose(0, 1).flatten(1)   # [u, n*P]
-                sel = v > cut32[s:s + step, None]
-                uu = torch.arange(s, s + v.shape[0], device=v.device)[:, None].expand_as(v)
-                self.hist.add(v[sel], uu[sel])
-                added[s:s + step] = sel.sum(1)
-        else:
-            vals, _, units, _ = self.up.sparse(acts, quads, above=_round_down_f32(cut))
-            self.hist.add(vals, units)
-            added = torch.bincount(units, minlength=self.units)
-        self.hist.add_below(pixels - added)
+        self.hist.add_below(torch.where(self.active, pixels - added, 0))
+
+    def failed_units(self) -> torch.Tensor:
+        """Active units whose histogram may not hold their threshold's bracket (bool ``[U]``)."""
+        edge, j = self.hist.top_edge(self.target)
+        w = self.hist.width()
+        floor_cut = torch.floor(self.cut / w) * w                        # exact: w = 2**e
+        return self.active & ((j < 0) | (edge < floor_cut))
+
+    def restart(self, units: torch.Tensor) -> None:
+        """Start a pass-1 round for ``units`` (bool ``[U]``), forgetting their histogram."""
+        self.hist.counts[units] = 0
+        self.hist.below[units] = 0
+        self.cut[units] = -float("inf")
+        self.active = units.clone()
+        self.round += 1
 
     # ------------------------------------------------------------------ pass 2
     def start_pass2(self, cfg: DissectConfig, n_concepts: int, n_categories: int) -> None:
@@ -167,14 +210,25 @@ class _LayerState:
             tmp.extend_range(self.hist.vmin, self.hist.vmax)
             self.counts = ConceptHistogram(tmp.e, tmp.m, cfg.iqr_bins, n_concepts, n_categories)
 
-    def pass2(self, acts: torch.Tensor, masks: torch.Tensor, present: torch.Tensor) -> None:
-        masks = masks.flatten(2)                                           # [n, C, P]
+    def pass2(self, acts: torch.Tensor, masks: torch.Tensor, present: torch.Tensor,
+              coded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        """Add a batch: ``masks [n, C, P]``, ``present [n, K]``, ``coded`` = their
+        :func:`encode_rows` (or ``None``: per-pixel rows)."""
         if isinstance(self.counts, ThresholdCounts):
-            quads = _guard(self.up.quad_max(acts)) > self.counts.lo[None, :, None, None]
-            vals, sample, units, pix = self.up.sparse(acts, quads,
-                                                      above=_round_down_f32(self.counts.lo))
-            rows = masks.permute(0, 2, 1)[sample, pix]                     # [m, C]
-            self.counts.add(vals, units, rows, present[sample])
+            if coded is not None:
+                codes, concepts, categories = coded
+                cells = []
+                for v, u, pos in self.up.iter_above(acts, self.counts.lo):
+                    assert pos is not None
+                    cells.append(self.counts.cell_code(v, u, codes.view(-1).index_select(0, pos),
+                                                       concepts.shape[0]))
+                if cells:
+                    self.counts.add_cell_codes(torch.cat(cells), concepts, categories)
+            else:
+                for v, u, pos in self.up.iter_above(acts, self.counts.lo):
+                    assert pos is not None
+                    sample, pix = pos // self.up.pixels, pos % self.up.pixels
+                    self.counts.add(v, u, masks.permute(0, 2, 1)[sample, pix], present[sample])
         elif isinstance(self.counts, ConceptHistogram):
             self.counts.add(self.up.dense(acts).flatten(2), masks, present)
         else:
@@ -356,8 +410,8 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
             states[name].load(part, cfg, len(labels), len(cat_names))
 
     def check(acts: dict[str, torch.Tensor], start: int) -> None:
-        for name in names:
-            a, st = acts[name], states[name]
+        for name, a in acts.items():
+            st = states[name]
             bad = _first_bad(a)
             if bad is not None:
                 raise ValueError(f"layer {name!r} produced NaN or inf activations for sample "
@@ -372,22 +426,27 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
                 for st in states.values():
                     if st.counts is None:
                         st.start_pass2(cfg, len(labels), len(cat_names))
+            # pass 1 after round 0 re-runs only layers with units left to redo
+            needed = [k for k in names if phase == 2 or states[k].round == 0
+                      or bool(states[k].active.any())]
             while next_sample < samples:
                 n = min(batch_size, samples - next_sample)
                 z = generator.sample_latents(n, seed, next_sample)
                 idx = torch.arange(next_sample, next_sample + n, device=dev)
-                with Trace(generator, list(names), stop=(phase == 1)) as tr:
+                with Trace(generator, needed, stop=(phase == 1)) as tr:
                     images = generator(z)
-                acts = {k: tr[k].float() for k in names}
+                acts = {k: tr[k].float() for k in needed}
                 check(acts, next_sample)
                 if phase == 1:
-                    for k in names:
-                        states[k].pass1(acts[k], idx, cfg.threshold == "quantile")
+                    for k in needed:
+                        states[k].pass1(acts[k], idx, cfg.threshold == "quantile", next_sample)
                 else:
                     masks = _segment(segmenter, images, R, seg_hw, dst)
                     present = _category_presence(masks, cat_of, len(cat_names))
-                    for k in names:
-                        states[k].pass2(acts[k], masks, present)
+                    flat = masks.flatten(2)
+                    coded = encode_rows(flat, present)
+                    for k in needed:
+                        states[k].pass2(acts[k], flat, present, coded)
                 next_sample += n
                 if bar is not None:
                     bar.update(n)
@@ -396,7 +455,17 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
                     last_save = time.monotonic()
                 if on_batch is not None:
                     on_batch(phase, next_sample)
-            phase, next_sample = phase + 1, 0
+            failed = {k: st.failed_units() for k, st in states.items()} \
+                if phase == 1 and cfg.threshold == "quantile" else {}
+            if any(bool(f.any()) for f in failed.values()):
+                for k, f in failed.items():                 # guess too high: redo these units
+                    states[k].restart(f)
+                if bar is not None:
+                    bar.total += samples
+                    bar.refresh()
+                next_sample = 0
+            else:
+                phase, next_sample = phase + 1, 0
             if state_path is not None:
                 _save_state(state_path, cfg, phase, next_sample, states)
                 last_save = time.monotonic()

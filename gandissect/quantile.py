@@ -114,18 +114,30 @@ class UnitHistogram:
 
     def bin_index(self, values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Exact right-closed bin of each value for its unit (may be outside 0..bins-1)."""
-        scaled = values.double() * torch.exp2(-self.e[units].double())
-        return torch.ceil(scaled).long() - 1 - self.m[units]
+        if values.dtype == torch.float32 and bool(((self.e <= 0) & (self.e > -100)).all()):
+            # float32 times a power of two 2**-e >= 1 only changes the exponent: exact (no
+            # underflow; no overflow either, as the values lie within the grid's range)
+            k = torch.ceil(values * torch.exp2(-self.e.float()).index_select(0, units)).long()
+        else:
+            scaled64 = values.double() * torch.exp2(-self.e[units].double())
+            k = torch.ceil(scaled64).long()
+        return k - (self.m + 1).index_select(0, units)
 
     # ----------------------------------------------------------------- adding
     def add(self, values: torch.Tensor, units: torch.Tensor) -> None:
         """Count ``values[i]`` for unit ``units[i]`` (values must lie in the declared range)."""
-        if values.numel() == 0:
-            return
+        if values.numel():
+            self.add_flat(self.flat_index(values, units))
+
+    def flat_index(self, values: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """``unit * bins + bin`` of each value (for :meth:`add_flat`); checks the range."""
         k = self.bin_index(values, units)
-        if bool(((k < 0) | (k >= self.bins)).any()):
+        if k.numel() and (int(k.min()) < 0 or int(k.max()) >= self.bins):
             raise ValueError("value outside the declared histogram range; call extend_range first")
-        flat = units * self.bins + k
+        return k + units * self.bins
+
+    def add_flat(self, flat: torch.Tensor) -> None:
+        """Count values given by :meth:`flat_index` (the grid must not change in between)."""
         self.counts += torch.bincount(flat, minlength=self.units * self.bins).view_as(self.counts)
 
     def add_dense(self, values: torch.Tensor) -> None:
@@ -153,7 +165,7 @@ class UnitHistogram:
         above = self.count_above_edges().double()
         tgt = torch.as_tensor(target, dtype=torch.float64, device=above.device)
         ok = above >= (tgt[:, None] if tgt.dim() else tgt)
-        j = torch.where(ok.any(1), self.bins - ok.flip(1).long().argmax(1), -1)
+        j = ok.sum(1) - 1                  # counts above edges never increase: ok is a prefix
         edge = torch.where(j >= 0, (self.m + j).double() * self.width(),
                            torch.full_like(self.vmin, float("-inf")))
         return edge, j

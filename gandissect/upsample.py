@@ -1,17 +1,38 @@
 """Bilinear upsampling (``align_corners=False``) of unit maps, dense or only where needed.
 
 The output pixel ``(i, j)`` of a bilinear upsampling depends on the four source cells of one
-*quad* ``(i0(i), j0(j))``; its value never exceeds the quad's maximum. :class:`Upsampler`
-computes values either for all pixels (:meth:`Upsampler.dense`) or only for the pixels of chosen
-quads (:meth:`Upsampler.sparse`); both evaluate the same floating-point expression in the same
-order, so a pixel gets a bit-identical value on either path (and within 1e-6 of
-``F.interpolate(mode="bilinear", align_corners=False)``).
+*quad* ``(i0(i), j0(j))``; its value never exceeds the quad's maximum. Every path evaluates the
+same separable float32 expression in the same order::
+
+    row[i, x] = a[i0(i), x] * wy0[i] + a[i1(i), x] * wy1[i]           (vertical pass)
+    out[i, j] = row[i, j0(j)] * wx0[j] + row[i, j1(j)] * wx1[j]       (horizontal pass)
+
+so a pixel gets a bit-identical value (up to the sign of zero) from :meth:`Upsampler.dense`
+(all pixels), :meth:`Upsampler.sparse` (pixels of chosen quads) and
+:meth:`Upsampler.iter_above` (only the values above a per-unit cut), within 1e-6 of
+``F.interpolate(mode="bilinear", align_corners=False)``. ``iter_above`` is the fast path of
+dissection: it runs the cheap vertical pass densely, skips every output *segment* (row ``i``,
+columns with ``j0(j) = k``) whose two source values ``row[i, k]``, ``row[i, k+1]`` are both
+below the cut (an interpolated value never exceeds their maximum by more than a few ulps; the
+skip test keeps a 1e-5 relative margin), and evaluates the horizontal pass only on the
+remaining segments, in small chunks that stay in cache (densely when a segment spans fewer
+than 4 output columns; not at all when the sizes are equal).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+
+
+def round_down_f32(x: torch.Tensor) -> torch.Tensor:
+    """Largest float32 <= x (float64 in; +-inf kept), so that for float32 ``v``:
+    ``v > x`` iff ``v > round_down_f32(x)``."""
+    f = x.float()
+    down = torch.nextafter(f, torch.full_like(f, -float("inf")))
+    return torch.where(f.double() > x, down, f)
 
 
 def _axis_table(src: int, dst: int
@@ -40,6 +61,13 @@ class Upsampler:
         self.c0, self.c1, self.wx0, self.wx1 = (t.to(dev) for t in _axis_table(w, W))
         self.rows_of_quad, self.row_ok = self._members(self.r0, h)
         self.cols_of_quad, self.col_ok = self._members(self.c0, w)
+        # horizontal pass per segment k (output columns with j0 = k): step from k to j1 = k + 1
+        # (0 at the clamped last column), padded weights, and whether the segment has columns
+        self.seg_step = ((torch.arange(w, device=dev) + 1).clamp(max=w - 1)
+                         - torch.arange(w, device=dev))
+        self.seg_wx0 = torch.where(self.col_ok, self.wx0[self.cols_of_quad], 0.0)
+        self.seg_wx1 = torch.where(self.col_ok, self.wx1[self.cols_of_quad], 0.0)
+        self.seg_used = self.col_ok.any(1)
         self.device = dev
 
     @staticmethod
@@ -85,11 +113,127 @@ class Upsampler:
         bound = bound - bound.abs() * 1e-6 - 1e-30                           # rounding margin
         return torch.where(ok, bound, torch.full_like(bound, float("-inf")))
 
-    def dense(self, acts: torch.Tensor) -> torch.Tensor:
+    def vertical(self, acts: torch.Tensor) -> torch.Tensor:
+        """The vertical pass ``[N, U, H, w]`` (float32): rows interpolated, columns not yet."""
+        a = acts.float()
+        return (a.index_select(2, self.r0) * self.wy0[:, None]
+                + a.index_select(2, self.r1) * self.wy1[:, None])
+
+    def dense(self, acts: torch.Tensor, chunk: int = 1 << 21) -> torch.Tensor:
         """All upsampled values ``[N, U, H, W]`` (float32)."""
         a = acts.float()
-        rows = a[:, :, self.r0, :] * self.wy0[:, None] + a[:, :, self.r1, :] * self.wy1[:, None]
-        return rows[..., self.c0] * self.wx0 + rows[..., self.c1] * self.wx1
+        n, units = a.shape[:2]
+        out = torch.empty(n, units, *self.dst, dtype=torch.float32, device=a.device)
+        per = max(1, chunk // max(1, units * self.pixels))
+        for s in range(0, n, per):      # transposed [b, U, W, H]: the gathers copy whole rows
+            rows = self.vertical(a[s:s + per]).transpose(2, 3).contiguous()
+            out[s:s + per] = (rows.index_select(2, self.c0) * self.wx0[:, None]
+                              + rows.index_select(2, self.c1) * self.wx1[:, None]
+                              ).transpose(2, 3)
+        return out
+
+    def subsample(self, acts: torch.Tensor, step: int = 5) -> torch.Tensor:
+        """Upsampled values ``[N, U, H', W']`` at every ``step``-th output row and column only
+        (cheap; for estimates). An odd ``step`` visits every interpolation phase of a
+        power-of-two scale, so the subsample is not biased towards source cells or midpoints."""
+        H, W = self.dst
+        ri = torch.arange(0, H, step, device=self.r0.device)
+        ci = torch.arange(step // 2, W, step, device=self.c0.device)
+        a = acts.float()
+        rows = (a.index_select(2, self.r0[ri]) * self.wy0[ri][:, None]
+                + a.index_select(2, self.r1[ri]) * self.wy1[ri][:, None])
+        return (rows.index_select(3, self.c0[ci]) * self.wx0[ci]
+                + rows.index_select(3, self.c1[ci]) * self.wx1[ci])
+
+    def iter_above(self, acts: torch.Tensor, cut: torch.Tensor, chunk: int = 1 << 20,
+                   positions: bool = True
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Every upsampled value ``v > cut[unit]`` (``cut [U]``, any float dtype, +-inf allowed),
+        as chunks ``(values, unit, position)`` with ``position = sample * H * W + i * W + j``
+        (``None`` unless ``positions``); the values are bit-identical to :meth:`dense`'s. Each
+        chunk covers about ``chunk`` vertical-pass values; memory stays a small multiple of that.
+        """
+        a = acts.float().contiguous()
+        n, units, _, w = a.shape
+        H, W = self.dst
+        dev = a.device
+        cut64 = cut.to(dev, torch.float64)
+        cut32 = round_down_f32(cut64)
+        # With M = max(row[k], row[k1]) (weights >= 0, summing to 1 within an ulp), a segment's
+        # values are <= 0 if M <= 0, and <= M + 3 eps |M| + 3 * 2**-149 otherwise (float32
+        # rounding); so a segment with both ends <= low can hold no value > cut.
+        low = cut64 - cut64.abs() * 1e-5 - 1e-43
+        low = torch.where(cut64 >= 0, low.clamp(min=0.0), low)
+        low = torch.where(torch.isinf(cut64), cut64, low)
+        low32 = round_down_f32(low).view(1, 1, 1, units)
+        if self.src == self.dst:      # a * 1 + a' * 0 == a for finite a (up to the sign of 0)
+            yield from self._iter_dense(a, cut32, chunk, positions, identity=True)
+            return
+        if W < 4 * w:           # few columns per segment: the horizontal pass densely
+            yield from self._iter_dense(a, cut32, chunk, positions, identity=False)
+            return
+        segs = [(k, int(self.seg_step[k]), self.cols_of_quad[k][self.col_ok[k]])
+                for k in range(w) if bool(self.seg_used[k])]
+        weights = [(self.wx0[c][None], self.wx1[c][None]) for _, _, c in segs]
+        per = max(1, min(n, chunk // max(1, units * H * w)))
+        # layout [x, i, sample, unit]: the vertical pass copies whole [sample, unit] slabs, and
+        # one source column's rows are contiguous
+        at = a.permute(3, 2, 0, 1).contiguous()                             # [w, h, n, U]
+        tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for s in range(0, n, per):
+            b = min(per, n - s)
+            if b not in tables:     # per row r = (i, sample, unit) of a chunk: unit, cut, position
+                unit_of = torch.arange(units, device=dev).repeat(H * b)
+                pos_of = (torch.arange(H, device=dev).repeat_interleave(b * units) * W
+                          + torch.arange(b, device=dev).repeat_interleave(units).repeat(H)
+                          * (H * W))
+                tables[b] = (unit_of, cut32[unit_of], pos_of)
+            unit_of, cut_of, pos_of = tables[b]
+            part = at[:, :, s:s + b]
+            rows = (part.index_select(1, self.r0) * self.wy0[None, :, None, None]
+                    + part.index_select(1, self.r1) * self.wy1[None, :, None, None])
+            hot = rows > low32                                               # [w, H, b, U]
+            for (k, step, cols), (wx0, wx1) in zip(segs, weights, strict=True):
+                idx = (hot[k] | hot[k + step]).view(-1).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                v0 = rows[k].reshape(-1).index_select(0, idx)
+                v1 = rows[k + step].reshape(-1).index_select(0, idx)
+                vals = v0[:, None] * wx0 + v1[:, None] * wx1                  # [m, cols]
+                q, c = (vals > cut_of.index_select(0, idx)[:, None]).nonzero().unbind(1)
+                out = vals.view(-1).index_select(0, q * cols.numel() + c)
+                seg = idx.index_select(0, q)
+                pos = None
+                if positions:
+                    pos = pos_of.index_select(0, seg) + cols.index_select(0, c) + s * H * W
+                yield out, unit_of.index_select(0, seg), pos
+
+    def _iter_dense(self, a: torch.Tensor, cut32: torch.Tensor, chunk: int, positions: bool,
+                    identity: bool
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """:meth:`iter_above` through dense chunks of :meth:`dense` (or of ``a`` itself when the
+        sizes are equal)."""
+        n, units = a.shape[:2]
+        H, W = self.dst
+        P = self.pixels
+        per = max(1, chunk // max(1, units * P))
+        for s in range(0, n, per):
+            if identity:
+                part = a[s:s + per]
+            else:           # transposed maps [b, U, W, H]: both gathers copy whole rows
+                rows = self.vertical(a[s:s + per]).transpose(2, 3).contiguous()
+                part = (rows.index_select(2, self.c0) * self.wx0[:, None]
+                        + rows.index_select(2, self.c1) * self.wx1[:, None])
+            idx = (part > cut32.view(1, units, 1, 1)).view(-1).nonzero().squeeze(1)
+            row = torch.div(idx, P, rounding_mode="floor")                     # sample * U + unit
+            pos = None
+            if positions:
+                pix = idx - row * P
+                if not identity:                                               # j * H + i
+                    j = torch.div(pix, H, rounding_mode="floor")
+                    pix = (pix - j * H) * W + j
+                pos = torch.div(row, units, rounding_mode="floor") * P + pix + s * P
+            yield part.reshape(-1).index_select(0, idx), row % units, pos
 
     def sparse(self, acts: torch.Tensor, quads: torch.Tensor, max_quads: int = 1 << 16,
                above: torch.Tensor | None = None

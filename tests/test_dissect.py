@@ -166,8 +166,57 @@ def test_batch_size_does_not_change_result() -> None:
     assert np.array_equal(a.thresholds, b.thresholds) and np.array_equal(a.iou, b.iou)
 
 
+def test_per_pixel_rows_path_equals_coded_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segmenters with too many concepts for codes (C + K > 62) count per-pixel rows."""
+    import importlib
+    mod = importlib.import_module("gandissect.dissect")
+    gen, seg = TinyGenerator(), TinySegmenter()
+    coded = dissect(gen, seg, "b", samples=40, seed=8, batch_size=16,
+                    category_conditioned=True)["b"]
+    monkeypatch.setattr(mod, "encode_rows", lambda masks, present: None)
+    rows = dissect(gen, seg, "b", samples=40, seed=8, batch_size=16,
+                   category_conditioned=True)["b"]
+    for key in ["thresholds", "iou", "intersection", "above", "rank_error"]:
+        assert np.array_equal(getattr(coded, key), getattr(rows, key))
+
+
 class Interrupt(Exception):
     pass
+
+
+def test_too_high_pass1_guess_is_redone_and_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pass-1 cut guess above the threshold is detected; the affected units get another
+    pass-1 round at valid bounds only, and the result equals the default run's exactly (also
+    when killed inside that round and resumed)."""
+    import importlib
+    mod = importlib.import_module("gandissect.dissect")
+    gen, seg = TinyGenerator(), TinySegmenter()
+    default = dissect(gen, seg, ["a", "b"], samples=60, seed=6, batch_size=16)
+    rounds: list[int] = []
+    monkeypatch.setattr(mod, "FIRST_GUESS_FACTOR", 0.05)    # guess at the top 0.05 q: too high
+    monkeypatch.setattr(mod, "GUESS_FACTOR", 0.05)
+    bad = dissect(gen, seg, ["a", "b"], samples=60, seed=6, batch_size=16,
+                  on_batch=lambda p, d: rounds.append(p))
+    assert rounds.count(1) == 2 * 4                # pass 1 ran twice (4 batches each)
+    up, masks = reference(gen, seg, "b", 60, 6)
+    _, iou_ref = brute_force(up, masks, 0.01)
+    assert np.abs(bad["b"].iou - iou_ref).max() <= 1e-3
+    calls = 0
+
+    def kill(phase: int, done: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 6:                                       # second batch of the second round
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        dissect(gen, seg, ["a", "b"], samples=60, seed=6, batch_size=16, out=tmp_path,
+                checkpoint_seconds=0.0, on_batch=kill)
+    resumed = dissect(gen, seg, ["a", "b"], samples=60, seed=6, batch_size=16, out=tmp_path)
+    for layer in ["a", "b"]:
+        for key in ["thresholds", "iou", "intersection", "above", "topk_indices", "rank_error"]:
+            assert np.array_equal(getattr(default[layer], key), getattr(bad[layer], key))
+            assert np.array_equal(getattr(default[layer], key), getattr(resumed[layer], key))
 
 
 @pytest.mark.parametrize("mode", ["quantile", "iqr"])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gandissect.quantile import UnitHistogram
-from gandissect.stats import ConceptHistogram, ThresholdCounts, TopK
+from gandissect.stats import ConceptHistogram, ThresholdCounts, TopK, encode_rows
 from gandissect.upsample import Upsampler
 
 torch.set_num_threads(1)
@@ -191,3 +191,73 @@ def test_upsampler_dense_sparse_identical_and_cover_all_pixels() -> None:
         quad_c = up.c0[pix % W]
         bound = qmax[n, u, quad_r, quad_c]
         assert torch.all(vals <= bound + bound.abs() * 1e-6 + 1e-30)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 64, 64), (3, 5, 40, 41), (5, 3, 33, 20),
+                                   (5, 7, 33, 20), (16, 16, 8, 8), (4, 4, 4, 4)])
+def test_iter_above_is_exactly_the_dense_values_above_the_cut(
+        shape: tuple[int, int, int, int]) -> None:
+    h, w, H, W = shape
+    g = torch.Generator().manual_seed(h * 100 + W)
+    a = torch.randn(5, 6, h, w, generator=g)
+    a[:, 1] = a[:, 1].clamp(min=0)                          # ReLU-like: many exact zeros
+    a[:, 2] = torch.round(a[:, 2] * 2) / 2                  # plateaus: ties at the cut
+    a[:, 3] *= 1e-30                                        # tiny values
+    up = Upsampler((h, w), (H, W))
+    dense = up.dense(a)
+    flat = dense.transpose(0, 1).reshape(6, -1)
+    cuts = [torch.quantile(flat.double(), 0.97, dim=1),      # an interior cut
+            torch.tensor([0.0, 0.0, 0.5, 0.0, -0.25, 1.0], dtype=torch.float64),
+            torch.tensor([-float("inf"), float("inf"), 0.0, 1e-31, -1e-31, flat[5].max()],
+                         dtype=torch.float64)]
+    for cut in cuts:
+        for chunk in [1 << 20, 97]:                              # one chunk, many chunks
+            vals, units, pos = [], [], []
+            for v, u, p in up.iter_above(a, cut, chunk=chunk):
+                assert p is not None
+                vals.append(v)
+                units.append(u)
+                pos.append(p)
+            v, u, p = torch.cat(vals), torch.cat(units), torch.cat(pos)
+            ref = dense.double() > cut[None, :, None, None]
+            n_ref, u_ref, i_ref, j_ref = ref.nonzero().unbind(1)
+            key = (u * 5 * H * W + p).sort()
+            key_ref = (u_ref * 5 * H * W + n_ref * H * W + i_ref * W + j_ref).sort()
+            assert torch.equal(key.values, key_ref.values)
+            assert torch.equal(v[key.indices], dense[n_ref, u_ref, i_ref, j_ref][key_ref.indices])
+            assert torch.equal(u, u.clamp(0, 5)) and p.max() < 5 * H * W
+
+
+def test_add_coded_equals_per_pixel_rows_and_codes_roundtrip() -> None:
+    batches = [random_batch(s, n=5, units=3, concepts=4) for s in range(3)]
+    rows, coded = threshold_counts(), threshold_counts()
+    grouped = threshold_counts()
+    for values, masks, present in batches:
+        add_batch(rows, values, masks, present)
+        enc = encode_rows(masks, present)
+        assert enc is not None
+        codes, concepts, categories = enc
+        assert torch.equal(concepts[codes].permute(0, 2, 1), masks)      # codes decode exactly
+        assert torch.equal(categories[codes], present[:, None].expand(-1, 50, -1))
+        n, u, p = values.shape
+        unit = torch.arange(u)[None, :, None].expand(n, u, p).reshape(-1)
+        code = codes[:, None, :].expand(n, u, p).reshape(-1)
+        for tc, max_bins in [(coded, 1 << 23), (grouped, 30)]:        # 30: one code at a time
+            tc.add_coded(values.reshape(-1), unit, code, concepts, categories, max_bins)
+            tc.add_masks(masks, present)
+    for k, v in rows.state_dict().items():
+        assert torch.equal(coded.state_dict()[k], v), k
+        assert torch.equal(grouped.state_dict()[k], v), k
+
+
+def test_encode_rows_wide_tables_use_unique() -> None:
+    g = torch.Generator().manual_seed(5)
+    masks = torch.rand(3, 18, 40, generator=g) < 0.2          # 18 concepts + 4 categories > 20
+    present = torch.rand(3, 4, generator=g) < 0.5
+    enc = encode_rows(masks, present)
+    assert enc is not None
+    codes, concepts, categories = enc
+    assert torch.equal(concepts[codes].permute(0, 2, 1), masks)
+    assert torch.equal(categories[codes][:, 0], present)
+    assert encode_rows(torch.zeros(1, 60, 4, dtype=torch.bool),
+                       torch.zeros(1, 3, dtype=torch.bool)) is None
