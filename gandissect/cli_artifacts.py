@@ -3,7 +3,11 @@ the top-k beside k random and the k lowest-scoring units and measure realism.
 
 Example::
 
-    gandissect artifacts --model toyworld --layer layer4 --samples 1000 --json --out results/art
+    gandissect artifacts --model toyworld --layer layer6 --out results/artifacts
+
+Scores units on ``--samples`` latents of ``--seed``; the removal study uses ``--eval-samples``
+latents of ``--eval-seed`` (default ``--seed + 1``) and measures the unedited generator on
+``--eval-seed + 1`` too (seed-to-seed noise); random-k is ``--random-draws`` draws (mean, SD).
 
 Writes ``DIR/artifacts.json`` (ranking, scores, realism-vs-k table), ``DIR/removal.png``,
 ``DIR/unit_<u>_top.png`` (top images of the highest-scoring units) and ``DIR/before.png`` /
@@ -23,24 +27,38 @@ from typing import Any
 import torch
 from torch import nn
 
+from .artifacts import METHODS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``artifacts`` parser to ``subparsers``."""
     p = subparsers.add_parser(
         "artifacts", help="find units that cause unrealistic output and remove them",
-        description="Score every unit of a layer as an artifact cause (default: how much more "
-                    "realistic its top-activating images get when it alone is ablated), then "
-                    "ablate the top-k / random-k / bottom-k units and measure realism.")
+        description="Score every unit of a layer as an artifact cause (default 'effect': the "
+                    "predicted drop of the whole generator's FID when the unit alone is set to "
+                    "its mean, verified by measurement for the best candidates), then remove "
+                    "the top-k / random-k (several draws) / bottom-k units and measure realism "
+                    "on evaluation samples of another seed.")
     p.add_argument("--model", default="toyworld", help="generator name (see models.available())")
     p.add_argument("--layer", default="layer4")
     p.add_argument("--samples", type=int, default=1000, help="samples for the per-unit scores")
-    p.add_argument("--eval-samples", type=int, default=None,
-                   help="samples per realism measurement in the removal study (default: "
-                        "--samples)")
-    p.add_argument("--seed", type=int, default=0, help="latent seed")
+    p.add_argument("--eval-samples", type=int, default=2000,
+                   help="samples per realism measurement in the removal study")
+    p.add_argument("--seed", type=int, default=0, help="latent seed of the scoring samples")
+    p.add_argument("--eval-seed", type=int, default=None,
+                   help="latent seed of the removal study's samples (default: --seed + 1); "
+                        "the unedited generator is also measured on --eval-seed + 1 (noise)")
     p.add_argument("--measure", choices=("fid", "discriminator"), default="fid")
-    p.add_argument("--method", choices=("causal", "fid", "topset"), default="causal")
+    p.add_argument("--method", choices=METHODS, default="effect")
+    p.add_argument("--replace", choices=("mean", "zero"), default="mean",
+                   help="what a removed unit is set to: its mean activation or 0")
     p.add_argument("--top", type=int, default=None, help="images in each unit's top set")
+    p.add_argument("--pool", type=int, default=10,
+                   help="effect method: verify the best POOL units of each screen by measurement")
+    p.add_argument("--verify-samples", type=int, default=500,
+                   help="effect method: scoring samples per verification measurement")
+    p.add_argument("--random-draws", type=int, default=5,
+                   help="random unit sets per k in the removal study")
     p.add_argument("--ks", default="5,10,20", help="comma-separated k values")
     p.add_argument("--reference-samples", type=int, default=2000,
                    help="rendered held-out scenes for the FID reference statistics")
@@ -89,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     import segmenters
 
-    from .artifacts import artifact_scores, plot_removal, removal_study
+    from .artifacts import artifact_scores, plot_removal, removal_edit, removal_study
     from .imaging import make_grid, save_png, to_uint8
-    from .intervene import ablation, intervene
+    from .intervene import intervene
     from .realism import (
         DiscriminatorMeasure,
         FIDMeasure,
@@ -103,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     limit_numpy_blas_threads(1)
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
-    eval_samples = args.samples if args.eval_samples is None else args.eval_samples
+    eval_seed = args.seed + 1 if args.eval_seed is None else args.eval_seed
+    noise_seed = eval_seed + 1
+    if args.seed in (eval_seed, noise_seed):
+        raise ValueError(f"--eval-seed {eval_seed} (and {noise_seed}, the noise seed) must "
+                         f"differ from --seed {args.seed}: the removal study must not reuse the "
+                         "samples that chose the units")
     gen, disc = _load(args)
     if args.layer not in gen.layer_names:
         raise ValueError(f"unknown layer {args.layer!r}; valid layers: "
@@ -120,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         feats = SegmenterFeatures.from_segmenter(segmenters.load("toyworld"))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            check_fid_samples(eval_samples, feats.dim)
+            check_fid_samples(args.eval_samples, feats.dim)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         measure = FIDMeasure(feats, args.reference_samples, batch_size=args.batch_size)
@@ -128,17 +151,24 @@ def run(args: argparse.Namespace) -> int:
         measure = DiscriminatorMeasure(disc, args.batch_size)
     out = Path(args.out)
     t0 = time.time()
+    print(f"scoring {args.layer} units ({args.method}, {args.samples} samples of seed "
+          f"{args.seed})...", file=sys.stderr)
     scores = artifact_scores(gen, args.layer, measure, args.samples, args.seed, args.method,
-                             args.top, args.batch_size)
+                             args.top, args.batch_size, args.replace, args.pool,
+                             args.verify_samples)
     t_scores = time.time() - t0
     ranking = scores.ranking()
-    study = removal_study(gen, args.layer, ranking, measure, ks, eval_samples, args.seed)
+    print(f"removal study ({args.eval_samples} samples of seed {eval_seed}, "
+          f"{args.random_draws} random draws per k)...", file=sys.stderr)
+    study = removal_study(gen, args.layer, ranking, measure, ks, args.eval_samples, eval_seed,
+                          random_draws=args.random_draws, replacement=scores.replacement,
+                          noise_seed=noise_seed, replace=args.replace)
     t_total = time.time() - t0
     extra: dict[str, Any] = {}
     if planted_units:
         extra = {"planted_units": planted_units,
                  "planted_ranks": [ranking.index(u) for u in planted_units],
-                 "unplanted_baseline": measure.score(clean, eval_samples, args.seed)}
+                 "unplanted_baseline": measure.score(clean, args.eval_samples, eval_seed)}
     plot_removal(study, out / "removal.png")
     with torch.no_grad():
         for u in ranking[:5]:
@@ -146,15 +176,15 @@ def run(args: argparse.Namespace) -> int:
             z = torch.cat([gen.sample_latents(1, args.seed, i) for i in idx])
             save_png(make_grid(to_uint8(gen(z).clamp(-1, 1)), ncol=8, scale=2),
                      out / f"unit_{u}_top.png")
-        z = gen.sample_latents(16, args.seed + 1)
+        z = gen.sample_latents(16, eval_seed)
         save_png(make_grid(to_uint8(gen(z).clamp(-1, 1)), ncol=8, scale=2), out / "before.png")
         k = max(ks)
-        with intervene(gen, ablation(args.layer, ranking[:k])):
+        with intervene(gen, removal_edit(args.layer, ranking[:k], scores.replacement)):
             after = gen(z).clamp(-1, 1)
         save_png(make_grid(to_uint8(after), ncol=8, scale=2), out / f"after_top{k}.png")
     result = {"model": args.model, "checkpoint": args.checkpoint, "seed": args.seed,
-              "eval_samples": eval_samples, "scores": scores.to_dict(),
-              "removal": study.to_dict(), **extra,
+              "eval_seed": eval_seed, "eval_samples": args.eval_samples,
+              "scores": scores.to_dict(), "removal": study.to_dict(), **extra,
               "seconds": {"scores": round(t_scores, 1), "total": round(t_total, 1)}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "artifacts.json").write_text(json.dumps(result, indent=1))
@@ -166,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if planted_units:
             print(f"planted units {planted_units} ranked {extra['planted_ranks']}; "
                   f"unplanted generator: {extra['unplanted_baseline']:.4f}")
+        print(f"seconds: scoring {t_scores:.0f}, total {t_total:.0f}")
     print(f"wrote {out}/artifacts.json, removal.png, unit_*_top.png, before.png, "
           f"after_top{max(ks)}.png", file=sys.stderr)
     return 0

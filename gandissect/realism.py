@@ -174,6 +174,10 @@ class SegmenterFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.differentiable(images)
+
+    def differentiable(self, images: torch.Tensor) -> torch.Tensor:
+        """The same features, keeping autograd (for gradients of FID w.r.t. images)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [n, 3, H, W], got {list(images.shape)}")
         x = images.float()
@@ -234,6 +238,11 @@ class FIDMeasure:
         self._ref = (self.reference.mean(), self.reference.cov())
         self._precision: torch.Tensor | None = None
 
+    @property
+    def reference_gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``[dim]`` and covariance ``[dim, dim]`` of the reference features."""
+        return self._ref
+
     def stats(self, images: Iterator[torch.Tensor]) -> StreamingGaussian:
         """Streaming feature statistics of image batches."""
         acc = StreamingGaussian(self.dim)
@@ -248,12 +257,17 @@ class FIDMeasure:
     def per_image(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image unrealism ``[n]``: squared Mahalanobis distance of each image's features to
         the reference Gaussian (covariance regularised by 1e-6 of its mean variance)."""
+        return self.mahalanobis(self.features(images)).float()
+
+    def mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance ``[n]`` (float64) of features ``[n, dim]`` to the
+        reference Gaussian; see :meth:`per_image`."""
         if self._precision is None:
             mu, cov = self._ref
             reg = 1e-6 * float(np.trace(cov)) / self.dim
             self._precision = torch.from_numpy(np.linalg.inv(cov + reg * np.eye(self.dim)))
-        d = self.features(images).double() - torch.from_numpy(self._ref[0])
-        return torch.einsum("nd,de,ne->n", d, self._precision, d).float()
+        d = features.detach().double().cpu() - torch.from_numpy(self._ref[0])
+        return torch.einsum("nd,de,ne->n", d, self._precision, d)
 
     def score(self, generator: Generator, samples: int, seed: int,
               edits: Sequence[Edit] = ()) -> float:
@@ -279,6 +293,10 @@ class DiscriminatorMeasure:
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.differentiable_logits(images)
+
+    def differentiable_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Realism logits ``[n]``, keeping autograd."""
         out = self.discriminator(images)
         return out.reshape(images.shape[0], -1).mean(dim=1)
 

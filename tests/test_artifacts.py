@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import segmenters
-from gandissect.artifacts import _spatial_check, artifact_scores, removal_study
+from gandissect.artifact_scores import fid_feature_gradient
+from gandissect.artifacts import _spatial_check, artifact_scores, removal_edit, removal_study
 from gandissect.intervene import ablation, intervene
 from gandissect.plant_artifacts import checkerboard, plant_artifacts
 from gandissect.quality import frechet_distance, gaussian_stats
@@ -127,6 +128,71 @@ def test_plant_is_a_copy_and_ablation_removes_the_blotch(nets: tuple) -> None:
     assert board.tolist()[0] == [-1, -1, 1, 1] and board.tolist()[2] == [1, 1, -1, -1]
 
 
+def test_fid_feature_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)) * [1, 2, 3, 1, 1]
+    mu_r, cov_r = gaussian_stats(rng.normal(size=(100, 5)))
+    grad = fid_feature_gradient(x, mu_r, cov_r)
+    eps = 1e-6
+    base = frechet_distance(*gaussian_stats(x), mu_r, cov_r)
+    for i, j in ((0, 0), (3, 2), (39, 4)):
+        x2 = x.copy()
+        x2[i, j] += eps
+        numeric = (frechet_distance(*gaussian_stats(x2), mu_r, cov_r) - base) / eps
+        assert grad[i, j] == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def test_effect_score_equals_brute_force_removal_when_the_top_set_is_everything(
+        nets: tuple) -> None:
+    # The discriminator measure is a mean over images, so with every image in every unit's top
+    # set the effect score is exactly the measured drop when the unit alone is removed.
+    gen = nets[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        disc = ToyworldDiscriminator(mbstd_group=0).eval()
+    m = DiscriminatorMeasure(disc, batch_size=8)
+    scores = artifact_scores(gen, "layer8", m, samples=8, seed=4, top=8, pool=0)  # 32 units
+    assert scores.method == "effect/discriminator" and scores.replace == "mean"
+    assert scores.replacement is not None
+    base = m.score(gen, 8, seed=4)
+    for u in (0, 5, 31):
+        after = m.score(gen, 8, 4, [removal_edit("layer8", [u], scores.replacement)])
+        assert scores.scores[u] == pytest.approx(base - after, rel=1e-4, abs=1e-6)
+    # pool > 0 verifies candidates by measurement: same numbers here (exact linear measure)
+    verified = artifact_scores(gen, "layer8", m, samples=8, seed=4, top=2, pool=3,
+                               verify_samples=8)
+    for u, value in verified.details["verified"].items():
+        after = m.score(gen, 8, 4, [removal_edit("layer8", [int(u)],
+                                                       verified.replacement)])
+        assert value == pytest.approx(base - after, rel=1e-4, abs=1e-6)
+        assert verified.scores[int(u)] == value
+
+
+def test_removal_study_random_draws_and_noise(nets: tuple) -> None:
+    gen = nets[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        disc = ToyworldDiscriminator(mbstd_group=0).eval()
+    m = DiscriminatorMeasure(disc, batch_size=8)
+    values = np.linspace(0.0, 1.0, 32)
+    study = removal_study(gen, "layer8", list(range(32)), m, ks=(2, 3), samples=8, seed=5,
+                          random_draws=3, replacement=values, noise_seed=6, replace="mean")
+    assert study.baseline == pytest.approx(m.score(gen, 8, seed=5), rel=1e-6)
+    assert study.baseline_2 == pytest.approx(m.score(gen, 8, seed=6), rel=1e-6)
+    assert study.baseline_2 is not None
+    assert study.noise == pytest.approx(abs(study.baseline - study.baseline_2))
+    for row in study.rows:
+        assert row["top_units"] == list(range(row["k"]))
+        assert len(row["random_units"]) == 3 and len(row["random_values"]) == 3
+        assert all(not set(r) & set(row["top_units"]) for r in row["random_units"])
+        assert row["random"] == pytest.approx(np.mean(row["random_values"]))
+        assert row["random_sd"] == pytest.approx(np.std(row["random_values"], ddof=1))
+        direct = m.score(gen, 8, 5, [removal_edit("layer8", row["random_units"][1],
+                                                        values)])
+        assert row["random_values"][1] == pytest.approx(direct, rel=1e-6)
+    assert "random-k (3 draws)" in study.table()
+
+
 def test_planted_artifact_units_are_found_and_removal_restores_fid(
         nets: tuple, fid: FIDMeasure) -> None:
     gen, _, source = nets
@@ -135,12 +201,13 @@ def test_planted_artifact_units_are_found_and_removal_restores_fid(
         # and makes them MORE like rendered scenes, so the planted units rank last (253..255).
         pytest.skip("planted artifacts are only artifacts on a (partly) trained generator")
     planted = plant_artifacts(gen, "layer4", PLANTED)  # layer4: 256 units
-    scores = artifact_scores(planted, "layer4", fid, samples=256, seed=1, top=16)
+    scores = artifact_scores(planted, "layer4", fid, samples=256, seed=1, top=8)
     ranking = scores.ranking()
     assert len(ranking) == 256
     assert set(PLANTED) <= set(ranking[:10]), (source, [ranking.index(u) for u in PLANTED])
     # k = 10: the top 10 hold all 5 planted units (asserted above), plus 5 innocent ones.
-    study = removal_study(planted, "layer4", ranking, fid, ks=(10,), samples=250, seed=2)
+    study = removal_study(planted, "layer4", ranking, fid, ks=(10,), samples=250, seed=2,
+                          random_draws=2, replacement=scores.replacement)
     row = study.rows[0]
     clean = fid.score(gen, 250, seed=2)
     assert study.baseline > 1.1 * clean, (source, study.baseline, clean)
@@ -149,6 +216,7 @@ def test_planted_artifact_units_are_found_and_removal_restores_fid(
     assert set(PLANTED) <= set(row["top_units"])
 
 
+@pytest.mark.filterwarnings("ignore::gandissect.realism.FewSamplesWarning")
 def test_bad_input_messages(nets: tuple, fid: FIDMeasure) -> None:
     gen = nets[0]
     with pytest.raises(ValueError, match="spatial feature maps"):
@@ -159,6 +227,8 @@ def test_bad_input_messages(nets: tuple, fid: FIDMeasure) -> None:
         artifact_scores(gen, "nope", fid, samples=4)
     with pytest.raises(ValueError, match="method"):
         artifact_scores(gen, "layer4", fid, samples=4, method="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="replace"):
+        artifact_scores(gen, "layer4", fid, samples=4, replace="bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ks must lie"):
         removal_study(gen, "layer4", list(range(10)), fid, ks=(6,), samples=4)
 
