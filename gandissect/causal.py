@@ -12,7 +12,7 @@ Definitions follow ``docs/architecture.md`` ("Ablation / insertion", "ACE").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -317,6 +317,45 @@ def measure(generator: Generator, segmenter: Segmenter, concept: str,
             before[s, start:start + n] = _fractions(base, region)
             after[s, start:start + n] = _fractions(out, region)
         start += n
+    return before, after
+
+
+@torch.no_grad()
+def measure_concepts(generator: Generator, segmenter: Segmenter,
+                     edit_sets: Sequence[Sequence[Edit]], samples: int, seed: int,
+                     concepts: Sequence[str] | None = None, batch_size: int = 32,
+                     progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-image pixel fractions of several concepts at once: ``before [N, C]`` (unedited) and
+    ``after [S, N, C]`` for each of ``S`` edit sets, on latents ``0..N-1`` of ``seed``; ``C``
+    follows ``concepts`` (default: all of ``segmenter.labels``). One forward pass and one
+    segmentation per edit set and batch serve every concept (``measure`` without regions gives
+    the same numbers one concept at a time). ``progress(samples_done)`` runs after each batch."""
+    names = list(segmenter.labels) if concepts is None else list(concepts)
+    idx = [segmenter.label_index(c) for c in names]
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for edits in edit_sets:  # validate everything before any long computation
+        for e in edits:
+            if e.layer not in shapes:
+                shapes[e.layer] = layer_shape(generator, e.layer)
+            e.check_layer(*shapes[e.layer])
+    before = np.zeros((samples, len(idx)))
+    after = np.zeros((len(edit_sets), samples, len(idx)))
+
+    def fractions(images: torch.Tensor) -> np.ndarray:
+        masks = segmenter.segment(images)[:, idx].cpu()
+        return masks.float().mean(dim=(2, 3)).numpy().astype(np.float64)
+
+    start = 0
+    for z in latent_batches(generator, samples, seed, batch_size):
+        n = z.shape[0]
+        before[start:start + n] = fractions(generator(z))
+        for s, edits in enumerate(edit_sets):
+            with intervene(generator, *edits, check=False):
+                after[s, start:start + n] = fractions(generator(z))
+        start += n
+        if progress is not None:
+            progress(start)
     return before, after
 
 

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .causal import (
     UnitStatistics,
     latent_batches,
     measure,
+    measure_concepts,
     random_units,
     unit_statistics,
 )
@@ -81,14 +83,49 @@ def single_unit_ace(generator: Generator, segmenter: Segmenter, concept: str, la
                     batch_size: int = 32) -> UnitRanking:
     """Ablate each unit alone and rank by the mean drop of the concept pixel fraction
     (``before - after``, same samples for every unit). Units not in ``units`` score -inf."""
+    return single_unit_ace_concepts(generator, segmenter, [concept], layer, samples, seed,
+                                    units, batch_size)[concept]
+
+
+def single_unit_ace_concepts(generator: Generator, segmenter: Segmenter,
+                             concepts: Sequence[str], layer: str, samples: int = 100,
+                             seed: int = 0, units: Sequence[int] | None = None,
+                             batch_size: int = 32,
+                             progress: Callable[[int], None] | None = None
+                             ) -> dict[str, UnitRanking]:
+    """:func:`single_unit_ace` for several concepts from the same ablations (one forward pass
+    and segmentation per unit and batch serves every concept); ``progress`` as in
+    :func:`gandissect.causal.measure_concepts`."""
+    if not concepts:
+        raise ValueError("give at least one concept")
     n_units, _, _ = layer_shape(generator, layer)
     chosen = list(range(n_units)) if units is None else [int(u) for u in units]
     sets = [[Edit(layer, [u])] for u in chosen]
-    before, after = measure(generator, segmenter, concept, sets, samples, seed,
-                            batch_size=batch_size)
-    scores = np.full(n_units, -np.inf)
-    scores[chosen] = (before - after).mean(axis=1)
-    return UnitRanking.from_scores(layer, concept, "ace", scores)
+    before, after = measure_concepts(generator, segmenter, sets, samples, seed, concepts,
+                                     batch_size=batch_size, progress=progress)
+    drop = (before[None] - after).mean(axis=1)  # [units, concepts]
+    out = {}
+    for j, concept in enumerate(concepts):
+        scores = np.full(n_units, -np.inf)
+        scores[chosen] = drop[:, j]
+        out[concept] = UnitRanking.from_scores(layer, concept, "ace", scores)
+    return out
+
+
+@contextmanager
+def frozen(*modules: Any) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on the parameters of ``modules`` (``None`` and
+    objects that are not ``nn.Module`` are skipped), restoring each flag afterwards - also after
+    an exception. Gradients then flow only to the tensors being optimised."""
+    params = [p for m in modules if isinstance(m, torch.nn.Module) for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def optimize_alpha(generator: Generator, segmenter: Segmenter, concept: str, layer: str,
@@ -96,40 +133,70 @@ def optimize_alpha(generator: Generator, segmenter: Segmenter, concept: str, lay
                    lr: float = 0.05, l1: float = 0.01, init: float = 0.5, batch_size: int = 16,
                    stats: UnitStatistics | None = None,
                    progress: Callable[[int, float], None] | None = None) -> UnitRanking:
-    """Learn per-unit ``alpha`` in [0, 1] (projected Adam) minimising
-    ``mean soft concept score after ablation + l1 * sum(alpha)`` (``mode="ablate"``) or
-    ``-mean soft score after insertion + l1 * sum(alpha)`` (``mode="insert"``, replacement =
-    ``stats`` quantiles). Needs ``segmenter.concept_probs(images) -> [N, C, H, W]``
-    (differentiable). Returns the units ranked by learned alpha (``scores`` = alpha)."""
+    """Learn per-unit ``alpha`` in [0, 1] (projected Adam, the ICLR 2019 method) minimising
+
+    * ``mode="ablate"``: ``after / before + l1 * sum(alpha)``,
+    * ``mode="insert"``: ``-after / (1 - before) + l1 * sum(alpha)`` (the gain in fractions of
+      what can be gained, up to a constant; replacement = ``stats`` quantiles),
+
+    where ``after`` is the batch's mean soft concept score with all units edited by ``alpha``
+    and ``before`` the mean unedited score over the ``samples`` latents. Normalising makes ``l1``
+    the price of one unit in *fractions of the concept*, the same for a large and a rare concept
+    (with the raw score a rare concept's gradients fall below ``l1`` and every alpha collapses
+    to 0). Needs ``segmenter.concept_probs(images) -> [N, C, H, W]`` (differentiable); the
+    generator's and segmenter's own parameters get no gradients.
+
+    Returns the units ranked by learned alpha (``scores`` = alpha); ties (many alphas end at 1
+    or 0) are broken by the mean gradient of the concept term over the steps (units whose
+    ablation or insertion helps most first)."""
     probs = getattr(segmenter, "concept_probs", None)
     if not callable(probs):
         raise TypeError(f"{type(segmenter).__name__} has no differentiable concept_probs(images); "
                         "optimised alpha needs soft class scores - rank by 'ace' instead")
     if mode not in ("ablate", "insert"):
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     c = segmenter.label_index(concept)
     n_units, _, _ = layer_shape(generator, layer)
     if mode == "insert" and stats is None:
         stats = unit_statistics(generator, layer, samples, seed, batch_size=batch_size)
     r = torch.zeros(n_units) if mode == "ablate" else stats.quantile  # type: ignore[union-attr]
+    batches = list(latent_batches(generator, samples, seed, batch_size))
+    with torch.no_grad():
+        base = sum(float(probs(generator(z))[:, c].mean(dim=(1, 2)).sum())
+                   for z in batches) / samples
+    scale = base if mode == "ablate" else 1.0 - base
+    if scale <= 1e-8:
+        where = "absent from" if mode == "ablate" else "everywhere in"
+        raise ValueError(f"concept {concept!r} is {where} the {samples} samples of seed {seed} "
+                         f"(mean soft score {base:.3g}); nothing to {mode} - use more samples "
+                         "or another concept")
+    sign = 1.0 if mode == "ablate" else -1.0
     alpha = torch.full((n_units,), float(init), requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=lr)
-    batches = list(latent_batches(generator, samples, seed, batch_size))
-    sign = 1.0 if mode == "ablate" else -1.0
-    for step in range(steps):
-        z = batches[step % len(batches)]
-        with intervene(generator, Edit(layer, range(n_units), alpha=alpha, replacement=r),
-                       check=False):
-            score = probs(generator(z))[:, c].mean()
-        loss = sign * score + l1 * alpha.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            alpha.clamp_(0.0, 1.0)
-        if progress is not None:
-            progress(step, float(loss.detach()))
-    return UnitRanking.from_scores(layer, concept, "optimized", alpha.detach().numpy())
+    grad_sum = torch.zeros(n_units)
+    seg_modules = [v for v in getattr(segmenter, "__dict__", {}).values()
+                   if isinstance(v, torch.nn.Module)]
+    with frozen(generator, segmenter, *seg_modules):
+        for step in range(steps):
+            z = batches[step % len(batches)]
+            with intervene(generator, Edit(layer, range(n_units), alpha=alpha, replacement=r),
+                           check=False):
+                effect = sign * probs(generator(z))[:, c].mean() / scale
+            (g,) = torch.autograd.grad(effect, alpha)
+            grad_sum += g
+            loss = float(effect.detach()) + l1 * float(alpha.detach().sum())
+            opt.zero_grad()
+            alpha.grad = g + l1  # d(l1 * sum(alpha)) / d alpha = l1 (alpha >= 0)
+            opt.step()
+            with torch.no_grad():
+                alpha.clamp_(0.0, 1.0)
+            if progress is not None:
+                progress(step, loss)
+    a = alpha.detach().numpy().astype(np.float64)
+    order = tuple(int(u) for u in np.lexsort((np.arange(n_units), grad_sum.numpy(), -a)))
+    return UnitRanking(layer, concept, "optimized", order, a)
 
 
 def effect_sweep(generator: Generator, segmenter: Segmenter, concept: str, layer: str,

@@ -15,6 +15,7 @@ from gandissect.causal import (
     ExactQuantile,
     causal_effect,
     measure,
+    measure_concepts,
     random_units,
     unit_statistics,
 )
@@ -26,6 +27,7 @@ from gandissect.ranking import (
     plot_sweep,
     rank_by_iou,
     single_unit_ace,
+    single_unit_ace_concepts,
 )
 from models.toyworld import CONCEPTS
 
@@ -178,14 +180,21 @@ class TinyGen(models.Generator):
 
 
 class TinySeg(segmenters.Segmenter):
-    """Soft, differentiable 'red' vs 'other' scores from the red channel."""
+    """Soft, differentiable 'red' vs 'other' scores from the red channel (times ``scale``: a
+    small scale makes 'red' a rare concept with small gradients); a tiny weighted net."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         self.labels, self.categories = ["red", "other"], ["color", "color"]
+        self.scale = scale
+        self.net = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            self.net.weight.fill_(1.0)
+            self.net.bias.fill_(0.0)
 
     def concept_probs(self, images: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(8 * images[:, 0])
+        x = self.net(images[:, :1, ..., None])[..., 0][:, 0]
+        p = self.scale * torch.sigmoid(8 * x)
         return torch.stack([p, 1 - p], dim=1)
 
     def _segment_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -200,6 +209,46 @@ def test_optimized_alpha_finds_the_causal_units() -> None:
     assert (rank.scores[2:] == 0).all() and (rank.scores[:2] > 0.4).all()
     with pytest.raises(TypeError, match="concept_probs"):
         optimize_alpha(gen, segmenters.load("planted"), "sky", "units", samples=2)
+
+
+def test_optimized_alpha_is_scale_free_and_leaves_weights_alone() -> None:
+    """A rare concept (soft scores x 0.01) gets the same units: the objective is relative to
+    the unedited score, so its small gradients are not drowned by the l1 price (with the raw
+    score every alpha collapsed to 0 on the bundled GAN). Weights get no gradients and keep
+    their requires_grad flags."""
+    gen, seg = TinyGen(), TinySeg(scale=0.01)
+    rank = optimize_alpha(gen, seg, "red", "units", samples=8, seed=0, steps=60, lr=0.1,
+                          l1=0.01, batch_size=8)
+    assert set(rank.top(2)) == {0, 1} and (rank.scores[:2] > 0.4).all()
+    assert (rank.scores[2:] == 0).all()
+    assert all(p.requires_grad and p.grad is None for p in seg.net.parameters())
+    losses: list[float] = []
+    optimize_alpha(gen, seg, "red", "units", samples=8, seed=0, steps=1, init=0.0, l1=0.01,
+                   batch_size=8, progress=lambda step, loss: losses.append(loss))
+    assert losses == [pytest.approx(1.0)]  # unedited: after / before = 1, no l1 at alpha = 0
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        optimize_alpha(gen, seg, "red", "units", samples=2, steps=0)
+    absent = TinySeg(scale=0.0)
+    with pytest.raises(ValueError, match="absent"):
+        optimize_alpha(gen, absent, "red", "units", samples=2, steps=1)
+
+
+def test_multi_concept_measure_and_ace_match_single_concept(
+        gen: models.Generator, seg: segmenters.Segmenter) -> None:
+    sets = [[Edit("layout", [gen.planted_units["tree"]])], [Edit("layout", [0, 5])]]
+    concepts = ["tree", "sky", "crown"]
+    before, after = measure_concepts(gen, seg, sets, samples=10, seed=2, concepts=concepts,
+                                     batch_size=4)
+    assert before.shape == (10, 3) and after.shape == (2, 10, 3)
+    for j, c in enumerate(concepts):
+        b, a = measure(gen, seg, c, sets, samples=10, seed=2, batch_size=3)
+        np.testing.assert_allclose(before[:, j], b[0])
+        np.testing.assert_allclose(after[:, :, j], a)
+    multi = single_unit_ace_concepts(gen, seg, concepts, "layout", samples=6, seed=1)
+    for c in concepts:
+        one = single_unit_ace(gen, seg, c, "layout", samples=6, seed=1)
+        np.testing.assert_allclose(multi[c].scores, one.scores)
+        assert multi[c].order == one.order
 
 
 def test_ace_and_iou_rankings(gen: models.Generator, seg: segmenters.Segmenter) -> None:
