@@ -122,16 +122,28 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_eval_segmenter(args: argparse.Namespace) -> int:
     import segmenters
-    from segmenters.evaluate import HELDOUT_SEED, evaluate
+    from segmenters.evaluate import HELDOUT_SEED, format_robustness, robustness
 
+    try:
+        sigmas = tuple(float(s) for s in args.blur.split(","))
+    except ValueError:
+        raise ValueError(f"--blur takes comma-separated blur sigmas in pixels such as 0,1,1.5; "
+                         f"got {args.blur!r}") from None
+    if any(not s >= 0 for s in sigmas):
+        raise ValueError(f"--blur sigmas must be >= 0, got {args.blur!r}")
     seg = segmenters.load(args.segmenter, device=args.device)
     seed = HELDOUT_SEED if args.seed is None else args.seed
-    result = evaluate(seg, samples=args.samples, seed=seed, batch_size=args.batch_size)
+    results = robustness(seg, sigmas, samples=args.samples, seed=seed,
+                         batch_size=args.batch_size)
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=1))
+    elif len(results) > 1:
+        print(format_robustness(results))
     else:
+        result = results[0]
+        blur = f", images blurred with sigma {sigmas[0]:g}" if sigmas[0] else ""
         print(f"{args.segmenter}: mIoU {result['miou']:.4f} over {args.samples} held-out scenes "
-              f"(seed {seed})")
+              f"(seed {seed}{blur})")
         for concept, iou in result["per_class"].items():
             print(f"  {concept:10s} {iou:.4f}")
     return 0
@@ -165,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="default: the held-out seed")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--blur", default="0", help="Gaussian blur sigma(s) in pixels applied to the "
+                   "images first, e.g. 0,1,1.5 for a robustness table (one JSON result each)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_eval_segmenter)

@@ -31,6 +31,22 @@ def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFi
     assert "known segmenters" in capsys.readouterr().err
 
 
+def test_eval_segmenter_blur_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--blur 0,1.5`` gives one result per sigma; blurring cannot raise the bundled
+    segmenter's mIoU by much, and a bad sigma list is refused with exit 2."""
+    args = ["eval-segmenter", "--segmenter", "toyworld", "--samples", "20", "--batch-size", "20"]
+    assert main([*args, "--blur", "0,1.5", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["blur_sigma"] for r in results] == [0.0, 1.5]
+    assert 0.5 < results[1]["miou"] < results[0]["miou"] + 0.02
+    assert main([*args, "--blur", "0,1.5"]) == 0
+    assert "blur sigma" in capsys.readouterr().out
+    assert main([*args, "--blur", "one"]) == 2
+    assert "--blur takes" in capsys.readouterr().err
+    assert main([*args, "--blur", "-1"]) == 2
+    assert ">= 0" in capsys.readouterr().err
+
+
 def test_local_checkpoint_spec_and_trust_pickle(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``--model FAMILY:PATH`` loads a local checkpoint; a pickle needs ``--trust-pickle``."""
