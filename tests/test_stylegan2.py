@@ -191,3 +191,26 @@ def test_clear_errors() -> None:
     no_kernels = {k: v for k, v in sd.items() if not k.endswith(".kernel")}
     z = _tiny().sample_latents(1, seed=0)
     assert torch.equal(from_state_dict(no_kernels)(z), _tiny()(z))  # constant blur kernels
+
+
+def test_tiny_dissection_and_ablation_end_to_end() -> None:
+    """A dissection and an ablation run through a tiny StyleGAN2 with the colour segmenter; the
+    ablation changes the output and reaches the next layer, and is gone after its block."""
+    import segmenters
+    from gandissect.dissect import dissect
+    from gandissect.intervene import ablation, intervene
+
+    g = _tiny(seed=4)
+    seg = segmenters.load("color")
+    res = dissect(g, seg, "convs.2", samples=24, seed=0, batch_size=8)["convs.2"]
+    assert res.iou.shape == (8, len(seg.labels))
+    assert ((res.iou >= 0) & (res.iou <= 1)).all() and res.thresholds.shape == (8,)
+    z = g.sample_latents(4, seed=0)
+    before = g(z)
+    with Trace(g, "convs.3") as tr0:
+        g(z)
+    with intervene(g, ablation("convs.2", list(range(8)))), Trace(g, "convs.3") as tr:
+        after = g(z)
+    assert not torch.equal(before, after)
+    assert not torch.equal(tr["convs.3"], tr0["convs.3"])
+    assert torch.equal(g(z), before)
