@@ -289,16 +289,24 @@ class DiscriminatorMeasure:
             raise ValueError("this generator has no discriminator; choose the 'fid' measure "
                              "(or pass the GAN's discriminator)")
         self.discriminator = discriminator.eval()
-        self.batch_size = batch_size
+        #: images the discriminator judges together (minibatch-stddev group; 1 = each alone)
+        self.group = max(1, int(getattr(discriminator, "mbstd_group", 0) or 0))
+        self.batch_size = -(-batch_size // self.group) * self.group  # a multiple of the group
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.differentiable_logits(images)
 
     def differentiable_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Realism logits ``[n]``, keeping autograd."""
-        out = self.discriminator(images)
-        return out.reshape(images.shape[0], -1).mean(dim=1)
+        """Realism logits ``[n]``, keeping autograd.
+
+        A discriminator with a minibatch-stddev feature (``mbstd_group = g``) sees consecutive
+        chunks of ``g`` images together, so an image's logit depends on the images of its chunk
+        only (not on the batch size): :meth:`score` is the same for every ``batch_size``.
+        """
+        n = images.shape[0]
+        outs = [self.discriminator(images[s:s + self.group]) for s in range(0, n, self.group)]
+        return torch.cat(outs).reshape(n, -1).mean(dim=1)
 
     def per_image(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image unrealism ``[n]``: minus the discriminator logit."""

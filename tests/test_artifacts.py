@@ -101,9 +101,14 @@ def test_fid_measure_equals_brute_force(nets: tuple, fid: FIDMeasure) -> None:
 def test_discriminator_measure(nets: tuple) -> None:
     gen, disc, _ = nets
     m = DiscriminatorMeasure(disc, batch_size=7)
+    g = max(1, disc.mbstd_group)  # minibatch-stddev: consecutive chunks of g images go together
+    assert m.batch_size % g == 0 and m.batch_size >= 7
     with torch.no_grad():
-        expected = -float(disc(gen(gen.sample_latents(20, 3)).clamp(-1, 1)).mean())
+        images = gen(gen.sample_latents(20, 3)).clamp(-1, 1)
+        expected = -float(torch.cat([disc(images[s:s + g]) for s in range(0, 20, g)]).mean())
     assert m.score(gen, 20, seed=3) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert DiscriminatorMeasure(disc, batch_size=20).score(gen, 20, seed=3) == pytest.approx(
+        expected, rel=1e-5, abs=1e-6)  # independent of the batch size
     with pytest.raises(ValueError, match="no discriminator"):
         DiscriminatorMeasure(None)
 
@@ -161,11 +166,18 @@ def test_effect_score_equals_brute_force_removal_when_the_top_set_is_everything(
     # pool > 0 verifies candidates by measurement: same numbers here (exact linear measure)
     verified = artifact_scores(gen, "layer8", m, samples=8, seed=4, top=2, pool=3,
                                verify_samples=8)
+    candidates = sorted(int(u) for u in verified.details["verified"])
+    last_in = verified.details["verified_last_in"]
+    assert sorted(int(u) for u in last_in) == candidates and len(candidates) >= 3
+    everything = m.score(gen, 8, 4, [removal_edit("layer8", candidates, verified.replacement)])
     for u, value in verified.details["verified"].items():
         after = m.score(gen, 8, 4, [removal_edit("layer8", [int(u)],
                                                        verified.replacement)])
         assert value == pytest.approx(base - after, rel=1e-4, abs=1e-6)
-        assert verified.scores[int(u)] == value
+        others = [v for v in candidates if v != int(u)]
+        last = m.score(gen, 8, 4, [removal_edit("layer8", others, verified.replacement)])
+        assert last_in[u] == pytest.approx(last - everything, rel=1e-4, abs=1e-6)
+        assert verified.scores[int(u)] == max(value, last_in[u])
 
 
 def test_removal_study_random_draws_and_noise(nets: tuple) -> None:
