@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -67,6 +68,23 @@ class Settings:
     ema_decay: float = 0.999
     mbstd_group: int = 0
     reuse_fake: bool = False
+
+
+def training_command(settings: Settings, iterations: int, out: str | Path) -> str:
+    """The command line that trains ``iterations`` iterations with ``settings`` (flags only for
+    settings that differ from the defaults).
+
+    >>> training_command(Settings(mbstd_group=4, reuse_fake=True), 2000, "runs/x")[36:]
+    '--seed 0 --iters 2000 --out runs/x --mbstd-group 4 --reuse-fake'
+    """
+    flags = [f"--seed {settings.seed} --iters {iterations} --out {out}"]
+    for f in dataclasses.fields(Settings):
+        value, default = getattr(settings, f.name), f.default
+        if f.name == "seed" or value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags.append(flag if isinstance(value, bool) else f"{flag} {value}")
+    return "python -m models.train_toyworld_gan " + " ".join(flags)
 
 
 class TrainingDiverged(RuntimeError):
@@ -296,8 +314,7 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50,
                                  "samples",
             "stored_dtype": "float16" if half else "float32",
             "torch": torch.__version__,
-            "command": "python -m models.train_toyworld_gan --seed "
-                       f"{trainer.s.seed} --iters {trainer.iteration} --out {out}"}
+            "command": training_command(trainer.s, trainer.iteration, out)}
     with open(weights_dir / METADATA_FILE, "w") as f:
         json.dump(meta, f, indent=2)
     return meta
