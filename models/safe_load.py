@@ -141,38 +141,64 @@ def unwrap_state_dict(obj: Any, prefer: Sequence[str] = ("state_dict",),
     return out
 
 
-def _listing(keys: Iterable[str], limit: int = 8) -> str:
-    ks = sorted(keys)
+def _listing(items: Iterable[str], limit: int = 8, sep: str = ", ") -> str:
+    ks = sorted(items)
     more = f" ... (+{len(ks) - limit} more)" if len(ks) > limit else ""
-    return ", ".join(ks[:limit]) + more
+    return sep.join(ks[:limit]) + more
 
 
-def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-              optional: Iterable[str] = ()) -> None:
-    """Copy ``state_dict`` into ``module`` after checking keys and shapes.
+#: What to do when a checkpoint does not fit its model (callers with a better fix pass ``hint``).
+DEFAULT_HINT = "check that the file is the checkpoint for this architecture and configuration"
 
-    Every key of ``module.state_dict()`` must be present except those in ``optional`` (which
-    keep their initial values); no extra key is allowed. Errors name the missing, unexpected
-    and mis-shaped keys and ``what`` (e.g. ``"ProGAN 256x256"``).
-    """
+
+def _state_dict_problems(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                         optional: Iterable[str], exact_dtypes: bool) -> list[str]:
+    """What keeps ``state_dict`` from loading into ``module`` (see :func:`load_into`), one
+    entry per kind of problem; empty when it fits."""
     own = module.state_dict()
-    opt = set(optional)
-    missing = set(own) - set(state_dict) - opt
+    missing = set(own) - set(state_dict) - set(optional)
     unexpected = set(state_dict) - set(own)
+    shared = [k for k in state_dict if k in own]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
-    shapes = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
-              for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    shapes = [f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(own[k].shape)}"
+              for k in shared if state_dict[k].shape != own[k].shape]
     if shapes:
-        problems.append(f"mismatched shapes: {'; '.join(shapes[:5])}")
+        problems.append(f"mismatched shapes: {_listing(shapes, 5, '; ')}")
+    if exact_dtypes:
+        dtypes = [f"{k}: checkpoint {state_dict[k].dtype} vs model {own[k].dtype}"
+                  for k in shared if state_dict[k].dtype != own[k].dtype]
+        if dtypes:
+            problems.append(f"mismatched dtypes: {_listing(dtypes, 5, '; ')}")
+    nonfinite = [k for k, v in state_dict.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        problems.append(f"non-finite values (NaN or inf) in: {_listing(nonfinite)}")
+    return problems
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+              optional: Iterable[str] = (), *, path: str | Path | None = None,
+              hint: str = DEFAULT_HINT, exact_dtypes: bool = False) -> None:
+    """Copy ``state_dict`` into ``module`` after checking that it fits.
+
+    Checked: every key of ``module.state_dict()`` is present except those in ``optional``
+    (which keep their initial values), no extra key, equal shapes, equal dtypes (only with
+    ``exact_dtypes``; otherwise loading casts, e.g. float16 files into float32 models), no
+    NaN or inf in floating-point tensors. Otherwise raises :class:`CheckpointError` naming the
+    file ``path`` (when given), ``what`` (e.g. ``"ProGAN 256x256"``), every kind of problem
+    found with the keys concerned, and ``hint``: what to do about it.
+    """
+    problems = _state_dict_problems(module, state_dict, optional, exact_dtypes)
     if problems:
-        raise CheckpointError(f"checkpoint does not match {what}: " + " | ".join(problems) +
-                              ". Is it the right file for this architecture?")
+        source = f"checkpoint {str(path)!r}" if path is not None else "checkpoint"
+        raise CheckpointError(f"{source} does not match {what}: " + " | ".join(problems) +
+                              f". To fix: {hint}")
     module.load_state_dict(dict(state_dict), strict=False)
 
 
-__all__ = ["CheckpointError", "SAFE_GLOBALS", "UnsafeCheckpointError", "load_checkpoint",
-           "load_into", "unwrap_state_dict"]
+__all__ = ["CheckpointError", "DEFAULT_HINT", "SAFE_GLOBALS", "UnsafeCheckpointError",
+           "load_checkpoint", "load_into", "unwrap_state_dict"]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .base import Generator
+from .safe_load import load_into
 
 #: Directory of the shipped weights.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -168,7 +169,8 @@ class ToyworldDiscriminator(nn.Module):
 
 
 def _load_state(module: nn.Module, path: Path, what: str) -> None:
-    """Load safetensors ``path`` into ``module``, verifying keys, shapes and finiteness."""
+    """Load safetensors ``path`` into ``module``, verifying keys, shapes and finiteness
+    (:func:`models.safe_load.load_into`; float16 files are cast to the model's float32)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -181,22 +183,7 @@ def _load_state(module: nn.Module, path: Path, what: str) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{what} weights at {path} are not a readable safetensors file "
                          f"({e}); {hint}") from e
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{what} weights at {path} do not match {type(module).__name__}: "
-                         f"missing keys {missing}, unexpected keys {unexpected}; {hint}")
-    bad = [f"{k}: file {list(state[k].shape)} vs model {list(v.shape)}"
-           for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ValueError(f"{what} weights at {path} have mismatched shapes ({'; '.join(bad)}); "
-                         f"{hint}")
-    nonfinite = [k for k, v in state.items()
-                 if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise ValueError(f"{what} weights at {path} contain NaN/inf in {nonfinite}; {hint}")
-    module.load_state_dict(state)
+    load_into(module, state, what, path=path, hint=hint)
 
 
 def load_generator(device: str | torch.device = "cpu",

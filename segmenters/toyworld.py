@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from models.safe_load import load_into
 from models.toyworld.concepts import CATEGORIES, CONCEPTS, LEAF_CONCEPT_TABLE, LEAVES
 
 from .base import Segmenter
@@ -162,10 +163,12 @@ def save_weights(net: ToyworldUNet, path: str | Path, extra: dict[str, str] | No
 
 
 def load_weights(path: str | Path) -> ToyworldUNet:
-    """Build a :class:`ToyworldUNet` from a safetensors file, verifying format, keys and shapes.
+    """Build a :class:`ToyworldUNet` from a safetensors file, verifying its format metadata and
+    its tensors (keys, shapes, dtypes, finiteness: :func:`models.safe_load.load_into`).
 
-    Raises FileNotFoundError if ``path`` is missing and ValueError if it is not a valid
-    Toyworld segmenter file; both messages name the file and how to regenerate it.
+    Raises FileNotFoundError if ``path`` is missing and ValueError if it is not a valid Toyworld
+    segmenter file (:class:`~models.safe_load.CheckpointError`, a ValueError, when its tensors
+    do not fit); all messages name the file and how to regenerate it.
     """
     path = Path(path)
     fix = f"re-run the training command `{TRAIN_COMMAND}` or pass weights=<path to a valid file>"
@@ -189,19 +192,8 @@ def load_weights(path: str | Path) -> ToyworldUNet:
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path} has invalid 'widths' metadata {meta.get('widths')!r}; "
                          f"{fix}") from e
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the Toyworld U-Net (missing keys: "
-                         f"{missing[:5]}, unexpected keys: {unexpected[:5]}); {fix}")
-    for k, v in expected.items():
-        if state[k].shape != v.shape or state[k].dtype != v.dtype:
-            raise ValueError(f"{path}: tensor {k!r} has shape {list(state[k].shape)} "
-                             f"{state[k].dtype}, expected {list(v.shape)} {v.dtype}; {fix}")
-        if v.is_floating_point() and not torch.isfinite(state[k]).all():
-            raise ValueError(f"{path}: tensor {k!r} contains NaN or inf; {fix}")
-    net.load_state_dict(state)
+    load_into(net, state, f"the Toyworld segmenter U-Net (widths {widths})", path=path,
+              hint=fix, exact_dtypes=True)
     return net
 
 

@@ -1,10 +1,12 @@
-"""Checkpoint loading never runs pickled code unless asked, and reports broken files clearly."""
+"""Checkpoint loading never runs pickled code unless asked, and reports broken files clearly
+(one check and message format for every loader that verifies a state dict)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.safe_load import (
+    DEFAULT_HINT,
     CheckpointError,
     UnsafeCheckpointError,
     load_checkpoint,
     load_into,
     unwrap_state_dict,
 )
+from models.toyworld.concepts import LEAVES
+from models.toyworld_gan import ToyworldGenerator, load_generator
+from segmenters.toyworld import WEIGHTS_FORMAT, ToyworldUNet, load_weights
 
 
 class _Payload:
@@ -112,17 +118,77 @@ def test_unwrap_state_dict() -> None:
         unwrap_state_dict([torch.ones(1)])
 
 
-def test_load_into_names_missing_unexpected_and_shapes() -> None:
-    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
-    sd = {k: v.clone() for k, v in net.state_dict().items()}
-    sd.pop("1.bias")
-    sd["2.weight"] = torch.ones(1)
-    sd["0.weight"] = torch.ones(5, 2)
+def _segmenter_file(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(state, str(path), metadata={"format": WEIGHTS_FORMAT, "widths": "4,8",
+                                          "leaves": ",".join(LEAVES)})
+    load_weights(path)
+
+
+def _gan_file(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(state, str(path))
+    load_generator(weights=path)
+
+
+def _toy_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+
+
+#: The three ways a state dict gets checked: (model, load(state, path), what, hint fragment).
+LOADERS: dict[str, tuple[Callable[[], nn.Module], Callable[[dict[str, torch.Tensor], Path], None],
+                         str, str]] = {
+    "load_into": (_toy_net, lambda sd, path: load_into(_toy_net(), sd, "toy net", path=path),
+                  "toy net", DEFAULT_HINT),
+    "toyworld_gan": (ToyworldGenerator, _gan_file, "Toyworld generator",
+                     "re-export it with `python -m models.train_toyworld_gan"),
+    "toyworld_segmenter": (lambda: ToyworldUNet((4, 8)), _segmenter_file,
+                           "the Toyworld segmenter U-Net (widths (4, 8))",
+                           "re-run the training command `python -m segmenters.train_toyworld"),
+}
+
+
+@pytest.mark.parametrize("via", sorted(LOADERS))
+def test_every_loader_reports_all_problems_one_way(tmp_path: Path, via: str) -> None:
+    """load_into and both Toyworld loaders share one check and one message: the file, the
+    model, every problem with its keys, and what to do."""
+    make, load, what, hint = LOADERS[via]
+    state = make().state_dict()
+    gone, reshaped, nan = [k for k, v in state.items() if v.is_floating_point()][:3]
+    shape = list(state[reshaped].shape)
+    bad = {k: v.clone() for k, v in state.items() if k != gone}
+    bad[reshaped] = torch.zeros(shape[0] + 1, *shape[1:])
+    bad[nan] = torch.full_like(state[nan], float("nan"))
+    bad["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.safetensors"
     with pytest.raises(CheckpointError) as info:
-        load_into(net, sd, "toy net")
-    msg = str(info.value)
-    assert "missing keys: 1.bias" in msg and "unexpected keys: 2.weight" in msg
-    assert "0.weight: checkpoint [5, 2] vs model [3, 2]" in msg and "toy net" in msg
+        load(bad, path)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+    problems, _, todo = str(info.value).partition(". To fix: ")
+    assert problems == (f"checkpoint {str(path)!r} does not match {what}: missing keys: {gone} | "
+                        f"unexpected keys: extra.weight | mismatched shapes: {reshaped}: "
+                        f"checkpoint {[shape[0] + 1, *shape[1:]]} vs model {shape} | "
+                        f"non-finite values (NaN or inf) in: {nan}")
+    assert todo.startswith(hint)
+
+
+def test_load_into_optional_keys_listing_and_default_message() -> None:
+    net = _toy_net()
+    with pytest.raises(CheckpointError) as info:
+        load_into(net, {"1.bias": torch.ones(1)}, "toy net")
+    assert str(info.value) == ("checkpoint does not match toy net: missing keys: 0.bias, "
+                               f"0.weight, 1.weight. To fix: {DEFAULT_HINT}")
+    many = {f"x{i}": torch.ones(1) for i in range(10)}
+    with pytest.raises(CheckpointError, match=r"unexpected keys: x0, x1, .*x7 \.\.\. \(\+2 more\)"):
+        load_into(net, dict(net.state_dict(), **many), "toy net")
     good = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items() if k != "1.bias"}
     load_into(net, good, "toy net", optional=["1.bias"])
     assert torch.equal(net.state_dict()["0.weight"], torch.full((3, 2), 0.5))
+
+
+def test_float16_checkpoints_cast_unless_exact_dtypes() -> None:
+    net = _toy_net()
+    half = {k: torch.full_like(v, 0.25, dtype=torch.float16) for k, v in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"mismatched dtypes: 0.bias: checkpoint "
+                                              r"torch.float16 vs model torch.float32; 0.weight"):
+        load_into(net, half, "toy net", exact_dtypes=True)
+    load_into(net, half, "toy net")
+    assert net[0].weight.dtype == torch.float32 and (net[0].weight == 0.25).all()

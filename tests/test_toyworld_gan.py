@@ -116,25 +116,19 @@ def test_mbstd_discriminator_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(d.head.weight, stored["head.weight"].float())
 
 
-def test_loading_errors(tmp_path: Path, gen: ToyworldGenerator) -> None:
+def test_loading_errors(tmp_path: Path) -> None:
+    """Keys, shapes and NaN: tests/test_safe_load.py (one check and message for every loader)."""
     with pytest.raises(FileNotFoundError, match="not found"):
         load_generator(weights=tmp_path / "missing.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00garbage, not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load_generator(weights=corrupt)
-    state = {k: v.clone() for k, v in gen.state_dict().items()}
-    state["extra.weight"] = torch.zeros(1)
-    del state["layer2.0.weight"]
-    wrong = tmp_path / "wrong.safetensors"
-    save_file(state, str(wrong))
-    with pytest.raises(ValueError, match=r"missing keys \['layer2.0.weight'\].*extra.weight"):
-        load_generator(weights=wrong)
     d_state = ToyworldDiscriminator().state_dict()
     d_state["head.weight"] = torch.zeros(1, 7)
     bad_shape = tmp_path / "shape.safetensors"
     save_file(d_state, str(bad_shape))
-    with pytest.raises(ValueError, match="mismatched shapes.*head.weight"):
+    with pytest.raises(ValueError, match="Toyworld discriminator: mismatched shapes: head.weight"):
         load_discriminator(weights=bad_shape)
 
 
