@@ -32,16 +32,6 @@ from gandissect.ranking import (
 from models.toyworld import CONCEPTS
 
 
-@pytest.fixture(scope="module")
-def gen() -> models.Generator:
-    return models.load("planted")
-
-
-@pytest.fixture(scope="module")
-def seg() -> segmenters.Segmenter:
-    return segmenters.load("planted")
-
-
 @pytest.mark.parametrize("q", [0.0, 0.01, 0.3, 0.5, 0.9, 0.99, 1.0])
 def test_exact_quantile_matches_torch(q: float) -> None:
     g = torch.Generator().manual_seed(1)

@@ -19,11 +19,6 @@ from gandissect.intervene import (
 from models.toyworld import CONCEPTS
 
 
-@pytest.fixture(scope="module")
-def gen() -> models.Generator:
-    return models.load("planted")
-
-
 def _no_hooks(gen: torch.nn.Module) -> bool:
     return all(not m._forward_hooks for m in gen.modules())
 
@@ -108,8 +103,8 @@ def test_intervene_is_temporary_and_never_leaks(gen: models.Generator) -> None:
     assert torch.equal(gen(z), before) and _no_hooks(gen)
 
 
-def test_persistent_edits_only_when_asked(gen: models.Generator) -> None:
-    seg = segmenters.load("planted")
+def test_persistent_edits_only_when_asked(gen: models.Generator,
+                                          seg: segmenters.Segmenter) -> None:
     z = gen.sample_latents(4, seed=3)
     before = gen(z)
     c = CONCEPTS.index("grass")
