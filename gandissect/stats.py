@@ -59,12 +59,15 @@ class TopK:
 
 
 class _Counts:
-    """Shared machinery: named int64 tensors that add up under merge."""
+    """Shared machinery: named int64 tensors that add up under merge, and the totals of
+    :meth:`add_masks` (pixels per concept, images per category, images)."""
 
     names: tuple[str, ...] = ()
-    concept_pixels: torch.Tensor
-    category_images: torch.Tensor
-    images: torch.Tensor
+
+    def __init__(self, concepts: int, categories: int, device: torch.device) -> None:
+        self.concept_pixels = torch.zeros(concepts, dtype=torch.long, device=device)
+        self.category_images = torch.zeros(categories, dtype=torch.long, device=device)
+        self.images = torch.zeros((), dtype=torch.long, device=device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: getattr(self, n).clone() for n in self.names}
@@ -142,6 +145,7 @@ class ThresholdCounts(_Counts):
                  fine_log2: int = 8) -> None:
         """The bracket of unit ``u`` is ``(lo_index[u] * 2**e[u], (lo_index[u]+1) * 2**e[u]]``."""
         dev = lo_index.device
+        super().__init__(concepts, categories, dev)
         units, fine = lo_index.numel(), 2 ** fine_log2
         self.fine_log2 = fine_log2
         self.lo_index, self.e = lo_index.long().clone(), e.long().clone()
@@ -151,9 +155,6 @@ class ThresholdCounts(_Counts):
         self.fine = torch.zeros(units, fine, dtype=torch.long, device=dev)
         self.fine_concept = torch.zeros(units, fine, concepts, dtype=torch.long, device=dev)
         self.fine_category = torch.zeros(units, fine, categories, dtype=torch.long, device=dev)
-        self.concept_pixels = torch.zeros(concepts, dtype=torch.long, device=dev)
-        self.category_images = torch.zeros(categories, dtype=torch.long, device=dev)
-        self.images = torch.zeros((), dtype=torch.long, device=dev)
 
     @property
     def lo(self) -> torch.Tensor:
@@ -302,15 +303,13 @@ class ConceptHistogram(_Counts):
                  categories: int) -> None:
         """Unit ``u``'s bins are ``((m[u]+k) * 2**e[u], (m[u]+k+1) * 2**e[u]]``, k < bins."""
         dev = e.device
+        super().__init__(concepts, categories, dev)
         units = e.numel()
         self.bins = bins
         self.e, self.m = e.long().clone(), m.long().clone()
         self.counts = torch.zeros(units, bins, dtype=torch.long, device=dev)
         self.concept = torch.zeros(units, bins, concepts, dtype=torch.long, device=dev)
         self.category = torch.zeros(units, bins, categories, dtype=torch.long, device=dev)
-        self.concept_pixels = torch.zeros(concepts, dtype=torch.long, device=dev)
-        self.category_images = torch.zeros(categories, dtype=torch.long, device=dev)
-        self.images = torch.zeros((), dtype=torch.long, device=dev)
 
     def edges(self) -> torch.Tensor:
         """Exact edges ``[units, bins + 1]`` (float64)."""
@@ -331,17 +330,15 @@ class ConceptHistogram(_Counts):
             k = k - self.m[None, :, None]
             if bool(((k < 0) | (k >= self.bins)).any()):
                 raise ValueError("value outside the histogram range")
-            flat = (torch.arange(units, device=k.device)[None, :, None] * self.bins + k)
-            self.counts += torch.bincount(flat.reshape(-1),
-                                          minlength=self.counts.numel()).view_as(self.counts)
-            src = cmask[s:s + b, None].expand(b, units, pix, cmask.shape[2])
-            acc = torch.zeros(units * self.bins, cmask.shape[2], device=k.device)
-            acc.index_add_(0, flat.reshape(-1), src.reshape(-1, cmask.shape[2]))
-            self.concept += acc.round().long().view_as(self.concept)
-            ksrc = kmask[s:s + b, None, None].expand(b, units, pix, kmask.shape[1])
-            kacc = torch.zeros(units * self.bins, kmask.shape[1], device=k.device)
-            kacc.index_add_(0, flat.reshape(-1), ksrc.reshape(-1, kmask.shape[1]))
-            self.category += kacc.round().long().view_as(self.category)
+            flat = (torch.arange(units, device=k.device)[None, :, None] * self.bins + k).reshape(-1)
+            self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
+            # concept and category counts: float32 sums of 0/1 rows per (unit, bin), rounded
+            for total, rows in ((self.concept, cmask[s:s + b, None]),          # [b, 1, P, C]
+                                (self.category, kmask[s:s + b, None, None])):  # [b, 1, 1, K]
+                rows = rows.expand(b, units, pix, -1).reshape(-1, rows.shape[3])
+                acc = torch.zeros(units * self.bins, rows.shape[1], device=k.device)
+                acc.index_add_(0, flat, rows)
+                total += acc.round().long().view_as(total)
 
     def merge(self, other: ConceptHistogram) -> None:
         """Add another shard's counts (same grid)."""
