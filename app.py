@@ -37,8 +37,8 @@ DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer
 FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 
 
-def _editor(painter: Painter, seed: int, history: History) -> dict[str, Any]:
-    image = painter.render(seed, history.active, scale=SCALE)
+def _editor(image: np.ndarray) -> dict[str, Any]:
+    """An ImageEditor value showing ``image`` with no painted layer."""
     return {"background": image, "layers": [], "composite": image}
 
 
@@ -57,9 +57,8 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                          "pick another --layer")
 
     def outputs(seed: float, history: History, status: str) -> tuple[Any, ...]:
-        s = int(seed)
-        return (p.render(s, history.active, scale=SCALE), _editor(p, s, history), history,
-                history.rows(), status)
+        image = p.render(int(seed), history.active, scale=SCALE)  # one forward pass per event
+        return image, _editor(image), history, history.rows(), status
 
     def show(seed: float | None, history: History) -> tuple[Any, ...]:
         if seed is None or seed < 0:

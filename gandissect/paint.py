@@ -35,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .causal import unit_statistics
+from .causal import measure_concepts, unit_statistics
 from .dissect import dissect
 from .hooks import Trace
 from .imaging import to_uint8
 from .intervene import Edit, intervene, layer_shape
-from .ranking import rank_by_iou, single_unit_ace
+from .ranking import UnitRanking, rank_by_iou
 
 Mode = Literal["draw", "remove"]
 MODES: tuple[str, ...] = ("draw", "remove")
@@ -49,6 +49,8 @@ STRENGTHS: tuple[int, ...] = (4, 10, 20)
 #: Largest mask side processed at full resolution; larger uploads are subsampled first.
 MAX_MASK_SIDE = 4096
 BRUSH_FORMAT = 1
+#: Units ablated between two progress messages while building brushes.
+ABLATION_CHUNK = 32
 
 
 class EmptyStrokeError(ValueError):
@@ -109,25 +111,41 @@ def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200
     """Dissect ``layer``; for every concept, rank its ``candidates`` best-IoU units by
     single-unit ACE over ``ace_samples`` latents and keep those with a positive effect
     (concepts left with none get no brush). Insertion values: each unit's ``q`` quantile, or
-    for a brush unit whose quantile is 0 (a rare concept), its mean where the concept is."""
+    for a brush unit whose quantile is 0 (a rare concept), its mean where the concept is.
+
+    Each unit in the union of the concepts' candidates is ablated once (``ABLATION_CHUNK``
+    units per progress message), and that ablation serves every concept (the same numbers as
+    :func:`single_unit_ace` per concept, which would ablate shared candidates repeatedly)."""
     say = progress or (lambda _msg: None)
     say(f"dissecting {layer} over {samples} samples")
     result = dissect(generator, segmenter, layer, samples=samples, seed=seed)[layer]
     say("unit statistics (insertion values)")
     stats = unit_statistics(generator, layer, samples=min(samples, 100), seed=seed, q=q)
     quant = stats.quantile.tolist()
-    brushes: dict[str, Brush] = {}
     concepts = [c for i, c in enumerate(result.labels) if result.concept_pixels[i] > 0]
-    for i, concept in enumerate(concepts):
-        say(f"ranking units for {concept} ({i + 1}/{len(concepts)})")
-        cand = rank_by_iou(result, concept).top(min(candidates, result.units))
-        ace = single_unit_ace(generator, segmenter, concept, layer, samples=ace_samples,
-                              seed=seed + 1, units=cand)
+    cands = {c: rank_by_iou(result, c).top(min(candidates, result.units)) for c in concepts}
+    pool = sorted({u for units in cands.values() for u in units})
+    drops = np.full((result.units, len(concepts)), -np.inf)
+    for start in range(0, len(pool), ABLATION_CHUNK):
+        part = pool[start:start + ABLATION_CHUNK]
+        say(f"single-unit ablations over {ace_samples} samples: units {start + 1}-"
+            f"{start + len(part)} of {len(pool)} (candidates of {len(concepts)} concepts)")
+        before, after = measure_concepts(generator, segmenter, [[Edit(layer, [u])] for u in part],
+                                         ace_samples, seed + 1, concepts)
+        for j in range(len(concepts)):
+            # per concept as single_unit_ace computes it (same array layout, same float sums)
+            drops[part, j] = (before[None, :, j:j + 1] - after[:, :, j:j + 1]).mean(axis=1)[:, 0]
+    brushes: dict[str, Brush] = {}
+    for j, concept in enumerate(concepts):
+        scores = np.full(result.units, -np.inf)
+        scores[cands[concept]] = drops[cands[concept], j]
+        ace = UnitRanking.from_scores(layer, concept, "ace", scores)
         units = [u for u in ace.order if np.isfinite(ace.scores[u]) and ace.scores[u] > 0]
         if not units:
             continue
         values = [quant[u] for u in units]
         if min(values) <= 0:
+            say(f"insertion values for {concept} (rare concept)")
             try:
                 cs = unit_statistics(generator, layer, samples=min(samples, 100), seed=seed,
                                      q=q, segmenter=segmenter, concept=concept)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import segmenters
+from gandissect import paint
+from gandissect.dissect import dissect
 from gandissect.paint import (
     BrushSet,
     EmptyStrokeError,
@@ -19,8 +22,9 @@ from gandissect.paint import (
     open_painter,
     parse_units,
 )
+from gandissect.ranking import rank_by_iou, single_unit_ace
 
-BUILD = {"samples": 100, "candidates": 8, "ace_samples": 8}
+BUILD: dict[str, Any] = {"samples": 100, "candidates": 8, "ace_samples": 8}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,24 @@ def test_brushes_are_causal_and_cached(painter: Painter, tmp_path: Path) -> None
     again = BrushSet.from_json(painter.brushes.to_json())
     assert again.brushes["tree"] == painter.brushes.brushes["tree"]
 
+
+
+def test_shared_ablations_match_per_concept_ace(painter: Painter, seg: segmenters.Segmenter,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brushes (units, order and scores) equal single_unit_ace run per concept on its own
+    IoU candidates, also when the shared ablations come in several chunks."""
+    monkeypatch.setattr(paint, "ABLATION_CHUNK", 3)
+    gen = painter.generator
+    built = paint.build_brushes(gen, seg, "layout", **BUILD)
+    assert built.to_json() == painter.brushes.to_json()
+    result = dissect(gen, seg, "layout", samples=BUILD["samples"], seed=0)["layout"]
+    for concept, brush in built.brushes.items():
+        cand = rank_by_iou(result, concept).top(BUILD["candidates"])
+        ace = single_unit_ace(gen, seg, concept, "layout", samples=BUILD["ace_samples"], seed=1,
+                              units=cand)
+        units = [u for u in ace.order if np.isfinite(ace.scores[u]) and ace.scores[u] > 0]
+        assert brush.units == tuple(units)
+        assert brush.scores == tuple(float(ace.scores[u]) for u in units)
 
 def test_remove_trees_inside_stroke(painter: Painter, seg: segmenters.Segmenter) -> None:
     seed, trees = tree_seed(seg, painter)
