@@ -27,7 +27,6 @@ one grid ``OUT/effect_vs_k_<layer>.png`` per layer (the .md and the grids are al
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -38,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from gandissect.fingerprint import fingerprint
 
 T0 = time.time()
 
@@ -50,21 +51,6 @@ def log(msg: str) -> None:
 def csv(text: str, kind: type = str) -> list[Any]:
     """``"a,b"`` -> ``[kind(a), kind(b)]``."""
     return [kind(t.strip()) for t in text.split(",") if t.strip()]
-
-
-def fingerprint(*objects: Any) -> str:
-    """Short SHA-256 of the class names and weights (every ``nn.Module`` found directly or as an
-    attribute) of ``objects``: the cache key that changes whenever weights are replaced."""
-    h = hashlib.sha256()
-    for obj in objects:
-        h.update(type(obj).__name__.encode())
-        mods = [obj] if isinstance(obj, torch.nn.Module) else [
-            v for _, v in sorted(vars(obj).items()) if isinstance(v, torch.nn.Module)]
-        for m in mods:
-            for name, t in sorted(m.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def git_head() -> str:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .fingerprint import fingerprint
 from .hooks import Trace
 from .quantile import UnitHistogram
 from .results import LayerResult, atomic_write_bytes, load_results, save_results
@@ -75,6 +76,9 @@ class DissectConfig:
     min_iqr: float = 0.01
     model_name: str = ""
     segmenter_name: str = ""
+    #: :func:`gandissect.fingerprint.fingerprint` of generator and segmenter: a folder's run is
+    #: never resumed or reused with other weights
+    weights: str = ""
 
     def check(self) -> None:
         if not self.layers:
@@ -357,13 +361,15 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     returns exactly what an uninterrupted run returns. A folder holding a run with other
     arguments raises :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called
     after each batch (and its checkpoint, if due). ``extra`` may set ``bins``, ``fine_log2``,
-    ``iqr_bins``, ``min_iqr``, ``model_name``, ``segmenter_name`` (recorded in the config).
+    ``iqr_bins``, ``min_iqr``, ``model_name``, ``segmenter_name`` (recorded in the config, with
+    the weights' fingerprint).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
                         batch_size=batch_size, seg_resolution=seg_resolution,
                         threshold=threshold, category_conditioned=category_conditioned,
-                        iou_threshold=iou_threshold, topk=topk, **extra)
+                        iou_threshold=iou_threshold, topk=topk,
+                        weights=fingerprint(generator, segmenter), **extra)
     cfg.check()
     dev = torch.device(device)
     generator = generator.to(dev).eval()

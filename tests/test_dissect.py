@@ -257,6 +257,11 @@ def test_folder_with_other_arguments_is_refused(tmp_path: Path) -> None:
     assert again["a"].iou.shape == (8, 4)
     with pytest.raises(DissectMismatchError, match="differs in: seed"):
         dissect(gen, seg, "a", samples=20, seed=2, batch_size=10, out=tmp_path)
+    # same arguments, other weights: neither resumed nor reused
+    with torch.no_grad():
+        next(gen.parameters()).add_(0.5)
+    with pytest.raises(DissectMismatchError, match="differs in: weights"):
+        dissect(gen, seg, "a", samples=20, seed=1, batch_size=10, out=tmp_path)
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
