@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from .causal import measure_concepts, unit_statistics
 from .dissect import dissect
+from .fingerprint import fingerprint
 from .hooks import Trace
 from .imaging import to_uint8
 from .intervene import Edit, intervene, layer_shape
@@ -164,18 +164,6 @@ def cache_dir() -> Path:
     """Brush cache folder: ``$GANDISSECT_CACHE/brushes`` or ``~/.cache/gandissect/brushes``."""
     root = os.environ.get("GANDISSECT_CACHE") or Path.home() / ".cache" / "gandissect"
     return Path(root) / "brushes"
-
-
-def model_fingerprint(model: str, weights: str | Path | None = None) -> str:
-    """Short hash of the weights file (by content) if given and present, else of the name."""
-    h = hashlib.sha256()
-    if weights is not None and Path(weights).is_file():
-        with open(weights, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    else:
-        h.update(model.encode())
-    return h.hexdigest()[:12]
 
 
 def load_or_build_brushes(generator: Any, segmenter: Any, layer: str, key: str,
@@ -490,10 +478,10 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
 
 def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | None = None,
                  progress: Callable[[str], None] | None = None, **build: Any) -> Painter:
-    """Load ``model`` and (only when brushes are not cached) ``segmenter`` by registry name and
-    return a :class:`Painter` for ``layer``; brushes are cached in ``folder`` (default
-    :func:`cache_dir`) under ``<model>-<layer>-<fingerprint>.json``. A missing weights file
-    raises FileNotFoundError that names the planted fallback."""
+    """Load ``model`` and ``segmenter`` by registry name and return a :class:`Painter` for
+    ``layer``; brushes are cached in ``folder`` (default :func:`cache_dir`) under
+    ``<model>-<segmenter>-<layer>-<fingerprint of both networks' weights>[-<settings>].json``.
+    A missing weights file raises FileNotFoundError that names the planted fallback."""
     import models
     import segmenters
 
@@ -505,21 +493,12 @@ def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | No
     if layer not in gen.layer_names:
         raise ValueError(f"model {model!r} has no layer {layer!r}; layers: "
                          f"{', '.join(gen.layer_names)}")
-    weights = getattr(sys.modules.get(type(gen).__module__), "WEIGHTS_DIR", None)
-    gfile = getattr(sys.modules.get(type(gen).__module__), "GENERATOR_FILE", None)
-    path = Path(weights) / gfile if weights is not None and gfile else None
-    key = f"{model}-{segmenter}-{layer}-{model_fingerprint(model, path)}"
+    seg = segmenters.load(segmenter)
+    # the key changes whenever either network's weights change (a swapped model never reuses
+    # stale brushes)
+    key = f"{model}-{segmenter}-{layer}-{fingerprint(gen, seg)}"
     settings = "-".join(f"{k}{v}" for k, v in sorted(build.items()))
     if settings:
         key += "-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
-
-    class _LazySegmenter:
-        """Loads the segmenter only if the brushes must be built."""
-
-        def __getattr__(self, name: str) -> Any:
-            self.__dict__["_seg"] = self.__dict__.get("_seg") or segmenters.load(segmenter)
-            return getattr(self.__dict__["_seg"], name)
-
-    brushes = load_or_build_brushes(gen, _LazySegmenter(), layer, key, folder, progress,
-                                    **build)
+    brushes = load_or_build_brushes(gen, seg, layer, key, folder, progress, **build)
     return Painter(gen, brushes, name=model)

@@ -12,6 +12,7 @@ import torch
 import segmenters
 from gandissect import paint
 from gandissect.dissect import dissect
+from gandissect.fingerprint import fingerprint
 from gandissect.paint import (
     BrushSet,
     EmptyStrokeError,
@@ -63,6 +64,14 @@ def test_brushes_are_causal_and_cached(painter: Painter, tmp_path: Path) -> None
         assert all(u not in gen.distractor_units for u in brush.units)
     again = BrushSet.from_json(painter.brushes.to_json())
     assert again.brushes["tree"] == painter.brushes.brushes["tree"]
+
+
+def test_brush_cache_key_names_the_weights(tmp_path: Path) -> None:
+    """The cache file is keyed by both networks' weights: other weights, other brushes."""
+    p = open_painter("planted", "planted", "layout", folder=tmp_path, **BUILD)
+    key = fingerprint(p.generator, segmenters.load("planted"))
+    (cached,) = tmp_path.glob("*.json")
+    assert cached.name.startswith(f"planted-planted-layout-{key}-")
 
 
 
