@@ -1,9 +1,9 @@
 """GANPaint: paint concepts into (or out of) a generator's images by switching its units.
 
 Run ``python app.py`` (or ``gandissect app``; options ``--model --segmenter --layer --host
---port``) and open http://127.0.0.1:7860. Pick an image by seed, a concept brush, draw or remove,
-strength (how many of the concept's causal units) and intensity, click the Brush tool, paint over
-the image and press "Apply stroke". Every stroke is listed; undo, redo, reset. The expert panel
+--port``) and open http://127.0.0.1:7860. Pick an image (by seed, at random, or from a grid), a
+concept brush, draw or remove, strength (how many of the concept's causal units) and intensity,
+click the Brush tool, paint over the image and press "Apply stroke". Every stroke is listed; undo, redo, reset. The expert panel
 paints with hand-picked units of any layer and shows a unit's feature map.
 
 The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering):
@@ -18,6 +18,7 @@ import random
 import sys
 from typing import Any
 
+import gradio as gr
 import numpy as np
 
 from gandissect.paint import (
@@ -33,6 +34,19 @@ from gandissect.paint import (
 #: Display scale of the 64 px images (nearest neighbour).
 SCALE = 4
 HEADERS = ["#", "concept", "mode", "strength", "alpha", "units"]
+#: Images per page of the "pick from a grid" gallery.
+GRID = 12
+
+
+def grid_seed(page: int, index: int) -> int:
+    """The seed of thumbnail ``index`` on gallery page ``page`` (pages of :data:`GRID`).
+
+    >>> grid_seed(0, 3), grid_seed(2, 0)
+    (3, 24)
+    """
+    if not 0 <= index < GRID or page < 0:
+        raise ValueError(f"no thumbnail {index} on page {page}")
+    return page * GRID + index
 DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
 FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 
@@ -45,8 +59,6 @@ def _editor(image: np.ndarray) -> dict[str, Any]:
 def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer4",
               painter: Painter | None = None, **build: Any) -> Any:
     """The Gradio Blocks of GANPaint (not launched). ``build`` goes to brush building."""
-    import gradio as gr
-
     if painter is None:
         painter = open_painter(model, segmenter, layer,
                                progress=lambda msg: print(f"[gandissect app] {msg}", flush=True),
@@ -71,6 +83,19 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
     def random_image(history: History) -> tuple[Any, ...]:
         seed = random.randrange(100_000)
         return (seed, *show(seed, History()))
+
+    def grid(page: float | None) -> tuple[Any, ...]:
+        page = max(0, int(page or 0))
+        images = [(p.render(grid_seed(page, i), [], scale=2), f"seed {grid_seed(page, i)}")
+                  for i in range(GRID)]
+        return images, page
+
+    def next_grid(page: float | None) -> tuple[Any, ...]:
+        return grid(int(page or 0) + 1)
+
+    def pick(page: float | None, evt: gr.SelectData) -> tuple[Any, ...]:
+        chosen = grid_seed(int(page or 0), int(evt.index))
+        return (chosen, *show(chosen, History()))
 
     def add(seed: float, history: History, make: Any) -> tuple[Any, ...]:
         try:
@@ -132,6 +157,12 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
             redo = gr.Button("Redo")
             reset = gr.Button("Reset")
         status = gr.Textbox(label="status", interactive=False, elem_id="paint-status")
+        with gr.Accordion("Pick an image from a grid", open=False):
+            page = gr.Number(value=0, precision=0, minimum=0, label="grid page")
+            gallery = gr.Gallery(label=f"click an image to paint on it ({GRID} per page)",
+                                 columns=6, height="auto", allow_preview=False,
+                                 elem_id="image-grid")
+            more = gr.Button("Other images")
         table = gr.Dataframe(headers=HEADERS, label="strokes", interactive=False)
         with gr.Accordion("Expert: units by hand, feature maps", open=False):
             with gr.Row():
@@ -156,7 +187,11 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                          api_name=how)
         show_map.click(feature, [seed, layer_box, unit_num, history], heat,
                        api_name="feature_map")
+        page.submit(grid, [page], [gallery, page], api_name="grid")
+        more.click(next_grid, [page], [gallery, page], api_name="next_grid")
+        gallery.select(pick, [page], [seed, *outs])
         demo.load(show, [seed, history], outs)
+        demo.load(grid, [page], [gallery, page])
     return demo
 
 

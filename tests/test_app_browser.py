@@ -98,3 +98,36 @@ def test_paint_a_stroke_in_chromium(url: str) -> None:
     rows = np.flatnonzero(changed.any(axis=1))
     assert rows.min() > 0.5 * h, f"changes reach row {rows.min()} of {h}, far above the stroke"
     assert not changed[: h // 2].any()
+
+
+def test_pick_an_image_from_the_grid(url: str) -> None:
+    """Open the grid, turn a page, click the third thumbnail: the seed becomes 12 + 2 and the
+    result shows that image."""
+    exe = CHROMIUM if Path(CHROMIUM).is_file() else str(shutil.which("chromium"))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(url)
+            page.wait_for_function("document.querySelector('#paint-result img') !== null",
+                                   timeout=30_000)
+            before = result_image(page)
+            page.get_by_text("Pick an image from a grid").click()
+            page.get_by_role("button", name="Other images").click()
+            page.wait_for_function(
+                "document.querySelector('input[aria-label=\"grid page\"]').value === '1'",
+                timeout=30_000)
+            thumbs = page.locator("#image-grid button img")
+            thumbs.nth(app.GRID - 1).wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            thumbs.nth(2).click()
+            page.wait_for_function(
+                "document.querySelector('input[aria-label=\"image (seed)\"]').value === '14'",
+                timeout=30_000)
+            page.wait_for_timeout(500)
+            after = result_image(page)
+            status = page.locator("#paint-status textarea").input_value()
+        finally:
+            browser.close()
+    assert "image 14" in status
+    assert (before != after).any(), "the picked image is shown"
