@@ -34,11 +34,6 @@ def painter(tmp_path_factory: pytest.TempPathFactory) -> Painter:
                         folder=tmp_path_factory.mktemp("brushes"), **BUILD)
 
 
-@pytest.fixture(scope="module")
-def seg() -> segmenters.Segmenter:
-    return segmenters.load("planted")
-
-
 def fraction(seg: segmenters.Segmenter, image: torch.Tensor, concept: str,
              region: np.ndarray) -> float:
     masks = seg.segment(image)[0, seg.label_index(concept)].numpy()
