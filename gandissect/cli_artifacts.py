@@ -85,9 +85,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
         if not isinstance(state, dict) or not {"g_ema", "d"} <= set(state):
             raise ValueError(f"{args.checkpoint} is not a Toyworld GAN training checkpoint "
                              "(needs keys g_ema and d)")
-        tgen, tdisc = ToyworldGenerator(), ToyworldDiscriminator()
-        tgen.load_state_dict(state["g_ema"])
-        tdisc.load_state_dict(state["d"])
+        settings = state.get("settings", {}) if isinstance(state.get("settings"), dict) else {}
+        tgen = ToyworldGenerator()
+        tdisc = ToyworldDiscriminator(mbstd_group=int(settings.get("mbstd_group", 0)))
+        try:
+            tgen.load_state_dict(state["g_ema"])
+            tdisc.load_state_dict(state["d"])
+        except RuntimeError as exc:
+            raise ValueError(f"{args.checkpoint} does not fit the Toyworld GAN of this version "
+                             f"({str(exc).splitlines()[0]}); use a checkpoint written by "
+                             "python -m models.train_toyworld_gan") from None
         return tgen.eval(), tdisc.eval()
     import models
 

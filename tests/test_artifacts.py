@@ -253,3 +253,24 @@ def test_cli_refuses_discriminator_for_a_model_without_one(capsys: pytest.Captur
                  "discriminator", "--samples", "8", "--out", str(tmp_path)])
     assert code == 2
     assert "no bundled discriminator" in capsys.readouterr().err
+
+
+def test_cli_checkpoint_loading(tmp_path: Path) -> None:
+    """``--checkpoint`` builds the discriminator its settings describe (minibatch-stddev), and a
+    checkpoint of another architecture is refused with a clear message."""
+    import argparse
+
+    from gandissect.cli_artifacts import _load
+
+    gen, disc = ToyworldGenerator(), ToyworldDiscriminator(mbstd_group=4)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"g_ema": gen.state_dict(), "d": disc.state_dict(),
+                "settings": {"mbstd_group": 4}}, path)
+    args = argparse.Namespace(checkpoint=str(path), model="toyworld", measure="discriminator")
+    g2, d2 = _load(args)
+    assert d2 is not None and d2.mbstd_group == 4
+    z = gen.sample_latents(2, 0)
+    assert torch.equal(g2(z), gen.eval()(z))
+    torch.save({"g_ema": gen.state_dict(), "d": disc.state_dict(), "settings": {}}, path)
+    with pytest.raises(ValueError, match="does not fit"):
+        _load(args)
