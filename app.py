@@ -1,10 +1,11 @@
 """GANPaint: paint concepts into (or out of) a generator's images by switching its units.
 
 Run ``python app.py`` (or ``gandissect app``; options ``--model --segmenter --layer --host
---port``) and open http://127.0.0.1:7860. Pick an image (by seed, at random, or from a grid), a
-concept brush, draw or remove, strength (how many of the concept's causal units) and intensity,
-click the Brush tool, paint over the image and press "Apply stroke". Every stroke is listed; undo, redo, reset. The expert panel
-paints with hand-picked units of any layer and shows a unit's feature map.
+--port --trust-pickle``; model and segmenter may be ``NAME:PATH``) and open
+http://127.0.0.1:7860. Pick an image (by seed, at random, or from a grid), a concept brush, draw
+or remove, strength (how many of the concept's causal units) and intensity, click the Brush
+tool, paint over the image and press "Apply stroke". Every stroke is listed; undo, redo, reset.
+The expert panel paints with hand-picked units of any layer and shows a unit's feature map.
 
 The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering):
 callbacks only translate between widgets and that API. Each browser session has its own
@@ -21,6 +22,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from gandissect.cli_app import add_arguments
 from gandissect.paint import (
     STRENGTHS,
     EmptyStrokeError,
@@ -201,21 +203,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The app's options (shared with ``gandissect app``)."""
-    parser.add_argument("--model", default=DEFAULTS["model"])
-    parser.add_argument("--segmenter", default=DEFAULTS["segmenter"])
-    parser.add_argument("--layer", default=DEFAULTS["layer"])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-
-
 def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     """Build and launch the app; falls back to the planted model (with a message) when the
     default Toyworld GAN's weights are missing."""
     chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
     try:
-        demo = build_app(**chosen)
+        demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False))
     except FileNotFoundError as exc:
         if chosen != DEFAULTS:
             raise

@@ -37,9 +37,18 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``app`` subcommand (options as ``python app.py``)."""
     p = subparsers.add_parser("app", help="serve the GANPaint app (default 127.0.0.1:7860)")
-    p.add_argument("--model", default="toyworld")
-    p.add_argument("--segmenter", default="toyworld")
-    p.add_argument("--layer", default="layer4")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    add_arguments(p)
     p.set_defaults(func=_run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The app's options, shared by ``gandissect app`` and ``python app.py``."""
+    from .cli import add_load_options
+
+    parser.add_argument("--model", default="toyworld",
+                        help="generator: NAME or NAME:PATH (local checkpoint, folder or hub id)")
+    parser.add_argument("--segmenter", default="toyworld", help="segmenter: NAME or NAME:PATH")
+    parser.add_argument("--layer", default="layer4")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    add_load_options(parser)

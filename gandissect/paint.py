@@ -477,28 +477,40 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None, **build: Any) -> Painter:
+                 progress: Callable[[str], None] | None = None, trust_pickle: bool = False,
+                 **build: Any) -> Painter:
     """Load ``model`` and ``segmenter`` by registry name and return a :class:`Painter` for
     ``layer``; brushes are cached in ``folder`` (default :func:`cache_dir`) under
     ``<model>-<segmenter>-<layer>-<fingerprint of both networks' weights>[-<settings>].json``.
-    A missing weights file raises FileNotFoundError that names the planted fallback."""
+    ``model`` and ``segmenter`` may be ``NAME:PATH`` (a local checkpoint, folder or hub id, as
+    on the command line); ``trust_pickle`` reaches the loaders that read checkpoint files. A
+    missing weights file raises FileNotFoundError that names the planted fallback."""
     import models
     import segmenters
 
+    from .cli import split_spec
+
+    model_name, model_kw = split_spec(model)
+    seg_name, seg_kw = split_spec(segmenter)
+    if trust_pickle:
+        if model_name not in models.REGISTRY:
+            model_kw["trust_pickle"] = True
+        if seg_kw:
+            seg_kw["trust_pickle"] = True
     try:
-        gen = models.load(model)
+        gen = models.load(model_name, **model_kw)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{exc}\nThe {model!r} weights are missing; try "
                                 "--model planted --segmenter planted --layer layout") from exc
     if layer not in gen.layer_names:
         raise ValueError(f"model {model!r} has no layer {layer!r}; layers: "
                          f"{', '.join(gen.layer_names)}")
-    seg = segmenters.load(segmenter)
+    seg = segmenters.load(seg_name, **seg_kw)
     # the key changes whenever either network's weights change (a swapped model never reuses
     # stale brushes)
-    key = f"{model}-{segmenter}-{layer}-{fingerprint(gen, seg)}"
+    key = f"{model_name}-{seg_name}-{layer}-{fingerprint(gen, seg)}"
     settings = "-".join(f"{k}{v}" for k, v in sorted(build.items()))
     if settings:
         key += "-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
     brushes = load_or_build_brushes(gen, seg, layer, key, folder, progress, **build)
-    return Painter(gen, brushes, name=model)
+    return Painter(gen, brushes, name=model_name)

@@ -181,3 +181,26 @@ def test_feature_map_and_expert_stroke(painter: Painter) -> None:
     s = painter.unit_stroke("layout", str(unit), "remove", np.ones((64, 64)))
     assert s.units == (unit,) and s.replacement == (0.0,)
     assert not np.array_equal(painter.render(0, [s]), painter.render(0))
+
+
+def test_open_painter_takes_name_path_specs(tmp_path: Path) -> None:
+    """``NAME:PATH`` loads a local checkpoint (here a tiny ProGAN with the colour segmenter);
+    a pickled one needs ``trust_pickle``."""
+    import datetime
+
+    from models.progan import ProGAN
+
+    g = ProGAN([16, 8, 8, 4, 4], seed=0)
+    plain, pickled = tmp_path / "g.pth", tmp_path / "pickled.pth"
+    torch.save(g.state_dict(), plain)
+    torch.save({"state_dict": g.state_dict(), "date": datetime.date(2020, 1, 1)}, pickled)
+    build = {"samples": 20, "candidates": 4, "ace_samples": 4}
+    p = open_painter(f"progan:{plain}", "color", "layer4", folder=tmp_path / "c", **build)
+    assert p.name == "progan" and p.layer == "layer4"
+    z = g.sample_latents(1, 0)
+    assert torch.equal(p.generator(z), g.eval()(z))
+    with pytest.raises(ValueError, match="trust_pickle"):
+        open_painter(f"progan:{pickled}", "color", "layer4", folder=tmp_path / "c", **build)
+    with pytest.warns(UserWarning, match="trust_pickle=True"):
+        open_painter(f"progan:{pickled}", "color", "layer4", folder=tmp_path / "c",
+                     trust_pickle=True, **build)
