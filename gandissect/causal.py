@@ -282,6 +282,16 @@ def _batch_slice(t: torch.Tensor | None, start: int, n: int, samples: int
     return t[start:start + n]
 
 
+def _check_edit_sets(generator: Generator, edit_sets: Sequence[Sequence[Edit]]) -> None:
+    """Raise a clear error for any edit that does not fit its layer (units, mask size)."""
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for edits in edit_sets:
+        for e in edits:
+            if e.layer not in shapes:
+                shapes[e.layer] = layer_shape(generator, e.layer)
+            e.check_layer(*shapes[e.layer])
+
+
 @torch.no_grad()
 def measure(generator: Generator, segmenter: Segmenter, concept: str,
             edit_sets: Sequence[Sequence[Edit]], samples: int, seed: int,
@@ -296,12 +306,7 @@ def measure(generator: Generator, segmenter: Segmenter, concept: str,
     regs = list(regions) if regions is not None else [None] * len(edit_sets)
     if len(regs) != len(edit_sets):
         raise ValueError("give one region (or None) per edit set")
-    shapes: dict[str, tuple[int, int, int]] = {}
-    for edits in edit_sets:  # validate everything before any long computation
-        for e in edits:
-            if e.layer not in shapes:
-                shapes[e.layer] = layer_shape(generator, e.layer)
-            e.check_layer(*shapes[e.layer])
+    _check_edit_sets(generator, edit_sets)  # before any long computation
     before = np.zeros((len(edit_sets), samples))
     after = np.zeros((len(edit_sets), samples))
     start = 0
@@ -333,12 +338,7 @@ def measure_concepts(generator: Generator, segmenter: Segmenter,
     the same numbers one concept at a time). ``progress(samples_done)`` runs after each batch."""
     names = list(segmenter.labels) if concepts is None else list(concepts)
     idx = [segmenter.label_index(c) for c in names]
-    shapes: dict[str, tuple[int, int, int]] = {}
-    for edits in edit_sets:  # validate everything before any long computation
-        for e in edits:
-            if e.layer not in shapes:
-                shapes[e.layer] = layer_shape(generator, e.layer)
-            e.check_layer(*shapes[e.layer])
+    _check_edit_sets(generator, edit_sets)  # before any long computation
     before = np.zeros((samples, len(idx)))
     after = np.zeros((len(edit_sets), samples, len(idx)))
 
