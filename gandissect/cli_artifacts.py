@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: Generators that draw Toyworld scenes (the FID measure's reference distribution).
+TOYWORLD_MODELS = ("toyworld", "planted")
+
+
 def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
     """The generator and its discriminator (``None`` when the model has none)."""
     if args.checkpoint:
@@ -135,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
                          f"differ from --seed {args.seed}: the removal study must not reuse the "
                          "samples that chose the units")
     gen, disc = _load(args)
+    if args.measure == "fid" and args.model not in TOYWORLD_MODELS:
+        print(f"warning: the FID reference is rendered Toyworld scenes (features of the Toyworld "
+              f"segmenter), so it measures realism only for generators of Toyworld scenes, not "
+              f"for {args.model!r}", file=sys.stderr)
     if args.layer not in gen.layer_names:
         raise ValueError(f"unknown layer {args.layer!r}; valid layers: "
                          f"{', '.join(gen.layer_names)}")
