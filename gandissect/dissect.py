@@ -18,9 +18,9 @@ regenerates exactly what pass 1 saw):
    unit-concept the edge maximising ``I(A;S) / H(A,S)``; pairs whose best ratio stays below
    ``min_iqr`` (default 0.01) cannot label the unit (see :attr:`LayerResult.score`).
 
-In quantile mode both passes upsample only where needed (:meth:`Upsampler.iter_above`: the
-cheap vertical pass everywhere, the horizontal pass only on segments that may exceed the cut),
-bit-identically to the dense upsampling, so no pass holds a batch's full-resolution maps.
+In quantile mode both passes upsample only where needed (:meth:`Upsampler.iter_above`: only
+output rows whose source rows may exceed the cut are interpolated), bit-identically to the dense
+upsampling, so no pass holds a batch's full-resolution maps.
 
 ``category_conditioned=True`` (Broden style): the union for concept ``c`` counts only pixels of
 images where ``c``'s category is present, i.e. where some concept of that category has at least
@@ -94,6 +94,12 @@ class DissectConfig:
 
 
 def _first_bad(acts: torch.Tensor) -> int | None:
+    """Index of the first sample with a NaN or inf activation, or ``None``."""
+    if acts.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(acts)            # NaN propagates: finite extremes = all finite
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):                  # (20x faster)
+        return None
     bad = ~torch.isfinite(acts.flatten(1)).all(1)
     return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
@@ -159,8 +165,9 @@ class _LayerState:
         which cannot fail.
         """
         if self.round == 0:
-            self.topk.add(acts.amax((2, 3)), indices)
-            self.hist.extend_range(acts.amin((0, 2, 3)), acts.amax((0, 2, 3)))
+            peaks = acts.amax((2, 3))                                        # [n, U]
+            self.topk.add(peaks, indices)
+            self.hist.extend_range(acts.amin((0, 2, 3)), peaks.amax(0))
         if not quantile_mode or not bool(self.active.any()):
             return
         units = self.active.nonzero().squeeze(1)

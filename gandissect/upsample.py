@@ -11,12 +11,11 @@ so a pixel gets a bit-identical value (up to the sign of zero) from :meth:`Upsam
 (all pixels), :meth:`Upsampler.sparse` (pixels of chosen quads) and
 :meth:`Upsampler.iter_above` (only the values above a per-unit cut), within 1e-6 of
 ``F.interpolate(mode="bilinear", align_corners=False)``. ``iter_above`` is the fast path of
-dissection: it runs the cheap vertical pass densely, skips every output *segment* (row ``i``,
-columns with ``j0(j) = k``) whose two source values ``row[i, k]``, ``row[i, k+1]`` are both
-below the cut (an interpolated value never exceeds their maximum by more than a few ulps; the
-skip test keeps a 1e-5 relative margin), and evaluates the horizontal pass only on the
-remaining segments, in small chunks that stay in cache (densely when a segment spans fewer
-than 4 output columns; not at all when the sizes are equal).
+dissection: an output row ``(sample, unit, i)`` whose two source rows ``i0(i)``, ``i1(i)`` stay
+below the cut holds no value above it (an interpolated value never exceeds the maximum of its
+sources by more than a few ulps; the skip test keeps a 1e-5 relative margin), so it runs the
+vertical pass only on the other rows, and the horizontal pass only on those of them whose
+exact maximum may exceed the cut (not at all when the sizes are equal).
 """
 
 from __future__ import annotations
@@ -61,13 +60,6 @@ class Upsampler:
         self.c0, self.c1, self.wx0, self.wx1 = (t.to(dev) for t in _axis_table(w, W))
         self.rows_of_quad, self.row_ok = self._members(self.r0, h)
         self.cols_of_quad, self.col_ok = self._members(self.c0, w)
-        # horizontal pass per segment k (output columns with j0 = k): step from k to j1 = k + 1
-        # (0 at the clamped last column), padded weights, and whether the segment has columns
-        self.seg_step = ((torch.arange(w, device=dev) + 1).clamp(max=w - 1)
-                         - torch.arange(w, device=dev))
-        self.seg_wx0 = torch.where(self.col_ok, self.wx0[self.cols_of_quad], 0.0)
-        self.seg_wx1 = torch.where(self.col_ok, self.wx1[self.cols_of_quad], 0.0)
-        self.seg_used = self.col_ok.any(1)
         self.device = dev
 
     @staticmethod
@@ -151,89 +143,68 @@ class Upsampler:
         """Every upsampled value ``v > cut[unit]`` (``cut [U]``, any float dtype, +-inf allowed),
         as chunks ``(values, unit, position)`` with ``position = sample * H * W + i * W + j``
         (``None`` unless ``positions``); the values are bit-identical to :meth:`dense`'s. Each
-        chunk covers about ``chunk`` vertical-pass values; memory stays a small multiple of that.
+        chunk covers the samples of about ``chunk`` vertical-pass values; memory stays a small
+        multiple of that.
+
+        Only *hot* output rows ``(sample, unit, i)`` are interpolated: those whose source rows
+        ``i0(i)``, ``i1(i)`` have a maximum above ``low`` (the cut minus a rounding margin). Their
+        vertical pass gives exact rows ``[m, w]``; then the horizontal pass runs densely on the
+        rows whose maximum is above ``low`` (in a transposed ``[W, m]`` layout, so that the
+        column gathers copy whole rows); with equal sizes the source rows are the values.
         """
         a = acts.float().contiguous()
-        n, units, _, w = a.shape
+        n, units, h, w = a.shape
         H, W = self.dst
         dev = a.device
         cut64 = cut.to(dev, torch.float64)
         cut32 = round_down_f32(cut64)
-        # With M = max(row[k], row[k1]) (weights >= 0, summing to 1 within an ulp), a segment's
-        # values are <= 0 if M <= 0, and <= M + 3 eps |M| + 3 * 2**-149 otherwise (float32
-        # rounding); so a segment with both ends <= low can hold no value > cut.
-        low = cut64 - cut64.abs() * 1e-5 - 1e-43
-        low = torch.where(cut64 >= 0, low.clamp(min=0.0), low)
-        low = torch.where(torch.isinf(cut64), cut64, low)
-        low32 = round_down_f32(low).view(1, 1, 1, units)
-        if self.src == self.dst:      # a * 1 + a' * 0 == a for finite a (up to the sign of 0)
-            yield from self._iter_dense(a, cut32, chunk, positions, identity=True)
-            return
-        if W < 4 * w:           # few columns per segment: the horizontal pass densely
-            yield from self._iter_dense(a, cut32, chunk, positions, identity=False)
-            return
-        segs = [(k, int(self.seg_step[k]), self.cols_of_quad[k][self.col_ok[k]])
-                for k in range(w) if bool(self.seg_used[k])]
-        weights = [(self.wx0[c][None], self.wx1[c][None]) for _, _, c in segs]
+        identity = self.src == self.dst
+        if identity:            # a * 1 + a' * 0 == a for finite a: the values are the sources
+            low32 = cut32
+        else:
+            # Every value of an output row is a convex combination (float32 weights summing to 1
+            # within an ulp) of source values <= M, computed in at most two rounded passes: it
+            # is <= 0 if M <= 0, and <= M + 6 eps |M| + 6 * 2**-149 otherwise. So a row whose
+            # sources (or vertical-pass values) are all <= low holds no value > cut.
+            low = cut64 - cut64.abs() * 1e-5 - 1e-43
+            low = torch.where(cut64 >= 0, low.clamp(min=0.0), low)
+            low = torch.where(torch.isinf(cut64), cut64, low)
+            low32 = round_down_f32(low)
         per = max(1, min(n, chunk // max(1, units * H * w)))
-        # layout [x, i, sample, unit]: the vertical pass copies whole [sample, unit] slabs, and
-        # one source column's rows are contiguous
-        at = a.permute(3, 2, 0, 1).contiguous()                             # [w, h, n, U]
-        tables: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for s in range(0, n, per):
-            b = min(per, n - s)
-            if b not in tables:     # per row r = (i, sample, unit) of a chunk: unit, cut, position
-                unit_of = torch.arange(units, device=dev).repeat(H * b)
-                pos_of = (torch.arange(H, device=dev).repeat_interleave(b * units) * W
-                          + torch.arange(b, device=dev).repeat_interleave(units).repeat(H)
-                          * (H * W))
-                tables[b] = (unit_of, cut32[unit_of], pos_of)
-            unit_of, cut_of, pos_of = tables[b]
-            part = at[:, :, s:s + b]
-            rows = (part.index_select(1, self.r0) * self.wy0[None, :, None, None]
-                    + part.index_select(1, self.r1) * self.wy1[None, :, None, None])
-            hot = rows > low32                                               # [w, H, b, U]
-            for (k, step, cols), (wx0, wx1) in zip(segs, weights, strict=True):
-                idx = (hot[k] | hot[k + step]).view(-1).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
-                v0 = rows[k].reshape(-1).index_select(0, idx)
-                v1 = rows[k + step].reshape(-1).index_select(0, idx)
-                vals = v0[:, None] * wx0 + v1[:, None] * wx1                  # [m, cols]
-                q, c = (vals > cut_of.index_select(0, idx)[:, None]).nonzero().unbind(1)
-                out = vals.view(-1).index_select(0, q * cols.numel() + c)
-                seg = idx.index_select(0, q)
-                pos = None
-                if positions:
-                    pos = pos_of.index_select(0, seg) + cols.index_select(0, c) + s * H * W
-                yield out, unit_of.index_select(0, seg), pos
-
-    def _iter_dense(self, a: torch.Tensor, cut32: torch.Tensor, chunk: int, positions: bool,
-                    identity: bool
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """:meth:`iter_above` through dense chunks of :meth:`dense` (or of ``a`` itself when the
-        sizes are equal)."""
-        n, units = a.shape[:2]
-        H, W = self.dst
-        P = self.pixels
-        per = max(1, chunk // max(1, units * P))
-        for s in range(0, n, per):
+            part = a[s:s + per]
+            smax = part.amax(3)                                               # [b, U, h]
+            bound = smax if identity else torch.maximum(smax.index_select(2, self.r0),
+                                                        smax.index_select(2, self.r1))
+            hot = (bound > low32.view(1, units, 1)).view(-1).nonzero().squeeze(1)
+            if hot.numel() == 0:
+                continue
+            su = torch.div(hot, H, rounding_mode="floor")                     # b * U + unit
+            i = hot - su * H
+            src = part.reshape(-1, w)
             if identity:
-                part = a[s:s + per]
-            else:           # transposed maps [b, U, W, H]: both gathers copy whole rows
-                rows = self.vertical(a[s:s + per]).transpose(2, 3).contiguous()
-                part = (rows.index_select(2, self.c0) * self.wx0[:, None]
-                        + rows.index_select(2, self.c1) * self.wx1[:, None])
-            idx = (part > cut32.view(1, units, 1, 1)).view(-1).nonzero().squeeze(1)
-            row = torch.div(idx, P, rounding_mode="floor")                     # sample * U + unit
-            pos = None
-            if positions:
-                pix = idx - row * P
-                if not identity:                                               # j * H + i
-                    j = torch.div(pix, H, rounding_mode="floor")
-                    pix = (pix - j * H) * W + j
-                pos = torch.div(row, units, rounding_mode="floor") * P + pix + s * P
-            yield part.reshape(-1).index_select(0, idx), row % units, pos
+                rows = src.index_select(0, hot)                               # [m, w]
+            else:               # the vertical pass of the hot rows: same expression as vertical()
+                rows = (src.index_select(0, su * h + self.r0.index_select(0, i))
+                        * self.wy0.index_select(0, i)[:, None]
+                        + src.index_select(0, su * h + self.r1.index_select(0, i))
+                        * self.wy1.index_select(0, i)[:, None])
+            unit = su % units
+            base = (torch.div(su, units, rounding_mode="floor") + s) * (H * W) + i * W
+            if identity:
+                q, j = (rows > cut32.index_select(0, unit)[:, None]).nonzero().unbind(1)
+                out = rows.view(-1).index_select(0, q * w + j)
+            else:               # all columns of the rows whose exact maximum exceeds low
+                keep = (rows.amax(1) > low32.index_select(0, unit)).nonzero().squeeze(1)
+                rows, unit, base = (t.index_select(0, keep) for t in (rows, unit, base))
+                m = rows.shape[0]
+                rt = rows.t().contiguous()                 # [w, m]: the gathers copy whole rows
+                vals = (rt.index_select(0, self.c0) * self.wx0[:, None]
+                        + rt.index_select(0, self.c1) * self.wx1[:, None])        # [W, m]
+                j, q = (vals > cut32.index_select(0, unit)[None]).nonzero().unbind(1)
+                out = vals.view(-1).index_select(0, j * m + q)
+            pos = base.index_select(0, q) + j if positions else None
+            yield out, unit.index_select(0, q), pos
 
     def sparse(self, acts: torch.Tensor, quads: torch.Tensor, max_quads: int = 1 << 16,
                above: torch.Tensor | None = None

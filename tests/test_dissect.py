@@ -292,6 +292,20 @@ def test_bad_inputs_have_clear_errors() -> None:
         dissect(gen, seg, "a", samples=4, seed=0, threshold="mean")
 
 
+def test_first_bad_finds_the_first_sample_with_nan_or_inf() -> None:
+    from gandissect.dissect import _first_bad
+    a = torch.randn(40, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert _first_bad(a) is None
+    assert _first_bad(a[:0]) is None
+    for value in (float("nan"), float("inf"), -float("inf")):
+        for first in (0, 13, 39):
+            b = a.clone()
+            b[first, 7, 15, 3] = value
+            b[39, 0, 0, 0] = value
+            assert _first_bad(b) == first
+            assert _first_bad(b.double()) == first
+
+
 def test_planted_units_found_with_iqr() -> None:
     import models
     import segmenters

@@ -194,7 +194,8 @@ def test_upsampler_dense_sparse_identical_and_cover_all_pixels() -> None:
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 64, 64), (3, 5, 40, 41), (5, 3, 33, 20),
-                                   (5, 7, 33, 20), (16, 16, 8, 8), (4, 4, 4, 4)])
+                                   (5, 7, 33, 20), (16, 16, 8, 8), (4, 4, 4, 4),
+                                   (16, 16, 64, 64), (32, 32, 64, 64), (64, 64, 64, 64)])
 def test_iter_above_is_exactly_the_dense_values_above_the_cut(
         shape: tuple[int, int, int, int]) -> None:
     h, w, H, W = shape
