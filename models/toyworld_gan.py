@@ -16,6 +16,11 @@ layer8    32       64x64  transposed conv 4x4/2 + BN + LeakyReLU
 output    3        64x64  conv 3x3 + tanh (not a dissection layer)
 ========  =======  =====  ==========================================
 
+``upsample="nearest"`` (an option for training new generators; the shipped weights use the
+default ``"transpose"``) replaces each transposed convolution by nearest-neighbour 2x upsampling
+followed by a 3x3 convolution, which avoids the checkerboard texture of 4x4/2 transposed
+convolutions; layer names, units and sizes stay the same.
+
 Weights ship as safetensors in ``models/weights/`` (the generator holds the EMA weights);
 :func:`load_generator` and :func:`load_discriminator` verify keys and shapes before loading.
 """
@@ -26,6 +31,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Generator
@@ -51,14 +57,32 @@ G_LAYERS: tuple[tuple[str, int, int, str], ...] = (
 #: Channels of the discriminator's stride-2 convolutions (64 -> 32 -> 16 -> 8 -> 4 pixels).
 D_WIDTHS: tuple[int, ...] = (64, 128, 256, 256)
 Z_DIM = 128
+#: Generator upsampling ops: 4x4 stride-2 transposed conv, or nearest 2x + 3x3 conv.
+UPSAMPLE_MODES: tuple[str, ...] = ("transpose", "nearest")
+
+
+class _NearestConv(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling, then a 3x3 convolution (``[n, cin, h, w]`` ->
+    ``[n, cout, 2h, 2w]``). A Conv2d subclass, so its parameters are ``weight`` alone."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class _Block(nn.Sequential):
-    """conv (3x3, or transposed 4x4 stride 2) + BatchNorm + LeakyReLU(0.2)."""
+    """conv 3x3 (or a 2x upsampling op, see ``UPSAMPLE_MODES``) + BatchNorm + LeakyReLU(0.2)."""
 
-    def __init__(self, cin: int, cout: int, up: bool) -> None:
-        conv = (nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False) if up
-                else nn.Conv2d(cin, cout, 3, 1, 1, bias=False))
+    def __init__(self, cin: int, cout: int, up: bool, upsample: str = "transpose") -> None:
+        conv: nn.Module
+        if not up:
+            conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        elif upsample == "transpose":
+            conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+        else:
+            conv = _NearestConv(cin, cout)
         super().__init__(conv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
 
 
@@ -89,17 +113,24 @@ class _Output(nn.Module):
 
 
 class ToyworldGenerator(Generator):
-    """64x64 Toyworld generator; latents are 128-d standard normal (see module docstring)."""
+    """64x64 Toyworld generator; latents are 128-d standard normal (see module docstring).
+
+    ``upsample`` is one of ``UPSAMPLE_MODES``: ``"transpose"`` (default, the shipped weights) or
+    ``"nearest"``; both have the same layers, units and feature-map sizes.
+    """
 
     resolution = 64
     latent_shape = (Z_DIM,)
 
-    def __init__(self) -> None:
+    def __init__(self, upsample: str = "transpose") -> None:
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {list(UPSAMPLE_MODES)}, got {upsample!r}")
+        self.upsample = upsample
         cin = Z_DIM
         for name, units, _, kind in G_LAYERS:
             block: nn.Module = (_Input(cin, units) if kind == "input"
-                                else _Block(cin, units, up=kind == "up"))
+                                else _Block(cin, units, up=kind == "up", upsample=upsample))
             self.add_module(name, block)
             cin = units
         self.output = _Output(cin)
@@ -168,14 +199,15 @@ class ToyworldDiscriminator(nn.Module):
         return out
 
 
-def _load_state(module: nn.Module, path: Path, what: str) -> None:
+def _load_state(module: nn.Module, path: Path, what: str, note: str = "") -> None:
     """Load safetensors ``path`` into ``module``, verifying keys, shapes and finiteness
-    (:func:`models.safe_load.load_into`; float16 files are cast to the model's float32)."""
+    (:func:`models.safe_load.load_into`; float16 files are cast to the model's float32).
+    ``note`` is prepended to the fix suggested by errors (e.g. where the architecture came from)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    hint = ("re-export it with `python -m models.train_toyworld_gan --out runs/gan --export` or "
-            "restore it with `git checkout models/weights/`")
+    hint = (note + "re-export it with `python -m models.train_toyworld_gan --out runs/gan "
+            "--export` or restore it with `git checkout models/weights/`")
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found at {path}; {hint}")
     try:
@@ -190,11 +222,21 @@ def load_generator(device: str | torch.device = "cpu",
                    weights: str | Path | None = None) -> ToyworldGenerator:
     """The trained Toyworld generator (EMA weights) in eval mode on ``device``.
 
-    ``weights`` defaults to the shipped ``models/weights/toyworld_gan_g.safetensors``.
+    ``weights`` defaults to the shipped ``models/weights/toyworld_gan_g.safetensors``. Its
+    upsampling op is read from the training metadata beside the weights (``toyworld_gan.json``
+    ``settings.upsample``; ``"transpose"`` when the file or the field is absent).
     """
-    gen = ToyworldGenerator()
-    _load_state(gen, Path(weights) if weights is not None else WEIGHTS_DIR / GENERATOR_FILE,
-                "Toyworld generator")
+    path = Path(weights) if weights is not None else WEIGHTS_DIR / GENERATOR_FILE
+    upsample = str(_settings_beside(path).get("upsample", "transpose"))
+    meta_path = path.parent / METADATA_FILE
+    try:
+        gen = ToyworldGenerator(upsample=upsample)
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: {e}; fix settings.upsample there or re-export the "
+                         "weights") from None
+    note = (f"the architecture (upsample={upsample!r}) comes from {meta_path}, which must "
+            "belong to these weights; " if meta_path.is_file() else "")
+    _load_state(gen, path, "Toyworld generator", note)
     return gen.to(device).eval()
 
 
@@ -206,13 +248,19 @@ def load_discriminator(device: str | torch.device = "cpu",
     (``toyworld_gan.json``; 0 = no minibatch-stddev when absent).
     """
     path = Path(weights) if weights is not None else WEIGHTS_DIR / DISCRIMINATOR_FILE
-    group = 0
-    meta_path = path.parent / METADATA_FILE
-    if meta_path.is_file():
-        group = int(load_metadata(meta_path).get("settings", {}).get("mbstd_group", 0))
+    group = int(_settings_beside(path).get("mbstd_group", 0))
     disc = ToyworldDiscriminator(mbstd_group=group)
     _load_state(disc, path, "Toyworld discriminator")
     return disc.to(device).eval()
+
+
+def _settings_beside(weights: Path) -> dict:
+    """``settings`` of the training metadata next to ``weights`` ({} when there is none)."""
+    meta_path = weights.parent / METADATA_FILE
+    if not meta_path.is_file():
+        return {}
+    settings = load_metadata(meta_path).get("settings", {})
+    return settings if isinstance(settings, dict) else {}
 
 
 def load_metadata(path: str | Path | None = None) -> dict:
@@ -223,5 +271,5 @@ def load_metadata(path: str | Path | None = None) -> dict:
     return data
 
 
-__all__ = ["G_LAYERS", "ToyworldDiscriminator", "ToyworldGenerator", "load_discriminator",
-           "load_generator", "load_metadata"]
+__all__ = ["G_LAYERS", "UPSAMPLE_MODES", "ToyworldDiscriminator", "ToyworldGenerator",
+           "load_discriminator", "load_generator", "load_metadata"]

@@ -4,14 +4,17 @@ Usage::
 
     python -m models.train_toyworld_gan --seed 0 --iters 4000 --out runs/gan
     python -m models.train_toyworld_gan --out runs/gan --resume      # continue after a stop
+    python -m models.train_toyworld_gan --out runs/gan --resume --iters 6000 --lr-decay-start 4000
     python -m models.train_toyworld_gan --out runs/gan --export      # write models/weights/
 
 Training data: a pool of Toyworld scenes of ``--data-seed`` (0) rendered once at start.
 Loss: non-saturating GAN loss with a lazy R1 penalty on real images (every ``--r1-every``
-iterations, scaled by that interval). The generator keeps an EMA copy (ramped decay), whose
-BatchNorm statistics are recalibrated at export. All randomness comes from local
-``torch.Generator`` streams seeded by ``--seed``, saved in checkpoints: the same commands give
-the same weights up to CPU floating-point nondeterminism (thread count, kernel choice).
+iterations, scaled by that interval). Optionally (``--lr-decay-start``) both learning rates
+decay linearly to 0 up to ``--lr-decay-end`` (default ``--iters``). The generator keeps an EMA
+copy (ramped decay), whose BatchNorm statistics are recalibrated at export. All randomness
+comes from local ``torch.Generator`` streams seeded by ``--seed``, saved in checkpoints: the
+same commands give the same weights up to CPU floating-point nondeterminism (thread count,
+kernel choice).
 The checkpoint ``<out>/checkpoint.pt`` is written atomically every ``--checkpoint-minutes`` and
 loaded with ``weights_only=True``; a NaN/inf loss stops training, keeping the last good one.
 """
@@ -41,6 +44,7 @@ from .toyworld_gan import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
     METADATA_FILE,
+    UPSAMPLE_MODES,
     WEIGHTS_DIR,
     Z_DIM,
     ToyworldDiscriminator,
@@ -68,6 +72,31 @@ class Settings:
     ema_decay: float = 0.999
     mbstd_group: int = 0
     reuse_fake: bool = False
+    upsample: str = "transpose"
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr_decay_start < 0 or (self.lr_decay_start
+                                       and self.lr_decay_end <= self.lr_decay_start):
+            raise ValueError(f"learning-rate decay must satisfy 0 < start < end (or start = 0 "
+                             f"for no decay), got start {self.lr_decay_start}, end "
+                             f"{self.lr_decay_end}; pass --lr-decay-start below --iters / "
+                             f"--lr-decay-end")
+
+
+def lr_factor(settings: Settings, iteration: int) -> float:
+    """Learning-rate multiplier for the update after ``iteration`` completed iterations: 1
+    until ``lr_decay_start``, then linear down to 0 at ``lr_decay_end`` (always 1 when
+    ``lr_decay_start`` is 0). A function of the iteration alone, so resuming is exact.
+
+    >>> [lr_factor(Settings(lr_decay_start=2, lr_decay_end=6), i) for i in (0, 2, 3, 6, 9)]
+    [1.0, 1.0, 0.75, 0.0, 0.0]
+    """
+    start, end = settings.lr_decay_start, settings.lr_decay_end
+    if not start or iteration <= start:
+        return 1.0
+    return max(0.0, (end - iteration) / (end - start))
 
 
 def training_command(settings: Settings, iterations: int, out: str | Path) -> str:
@@ -115,7 +144,7 @@ class Trainer:
         init = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
-            self.g = ToyworldGenerator()
+            self.g = ToyworldGenerator(upsample=settings.upsample)
             self.d = ToyworldDiscriminator(settings.mbstd_group)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         betas = (settings.beta1, settings.beta2)
@@ -124,6 +153,8 @@ class Trainer:
         c = settings.r1_every / (settings.r1_every + 1)
         self.opt_d = torch.optim.Adam(self.d.parameters(), settings.lr_d * c,
                                       betas=(settings.beta1 ** c, settings.beta2 ** c))
+        self.base_lrs = [(opt, [float(g["lr"]) for g in opt.param_groups])
+                         for opt in (self.opt_g, self.opt_d)]
         self.rng = torch.Generator().manual_seed(settings.seed + 1)
         self.iteration = 0
         self.last: dict[str, float] = {}
@@ -137,6 +168,11 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One iteration; raises :class:`TrainingDiverged` on a non-finite loss."""
         s = self.s
+        if s.lr_decay_start:  # off by default: the optimisers' lr is then never touched
+            factor = lr_factor(s, self.iteration)
+            for opt, bases in self.base_lrs:
+                for group, base in zip(opt.param_groups, bases, strict=True):
+                    group["lr"] = base * factor
         self.g.train()
         real, z = self._batch()
         # Discriminator.
@@ -324,14 +360,29 @@ def train(args: argparse.Namespace) -> int:
     """Run (or resume) training as configured by ``args``; returns a process exit code."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(out) if args.resume else None
     settings = (Settings(**state["settings"]) if state is not None else
                 Settings(seed=args.seed, data_seed=args.data_seed, pool=args.pool,
                          batch=args.batch, lr_g=args.lr_g, lr_d=args.lr_d, beta1=args.beta1,
                          beta2=args.beta2, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
                          ema_decay=args.ema_decay, mbstd_group=args.mbstd_group,
-                         reuse_fake=args.reuse_fake))
+                         reuse_fake=args.reuse_fake, upsample=args.upsample,
+                         lr_decay_start=args.lr_decay_start,
+                         lr_decay_end=((args.lr_decay_end or args.iters)
+                                       if args.lr_decay_start else 0)))
+    if state is not None and args.lr_decay_start and not settings.lr_decay_start:
+        # Adding a decay that starts at or after the checkpoint's iteration gives exactly the
+        # run that had it from the beginning, so the settings (and metadata command) say so.
+        if args.lr_decay_start < int(state["iteration"]):
+            raise ValueError(f"--lr-decay-start {args.lr_decay_start} is before the "
+                             f"checkpoint's iteration {state['iteration']}; pass a start at or "
+                             "after it")
+        settings = dataclasses.replace(settings, lr_decay_start=args.lr_decay_start,
+                                       lr_decay_end=args.lr_decay_end or args.iters)
+        state["settings"] = asdict(settings)
+        print(f"learning rates decay linearly to 0 from iteration {settings.lr_decay_start} "
+              f"to {settings.lr_decay_end}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     pool = render_pool(settings.data_seed, settings.pool)
     print(f"rendered {settings.pool} training scenes in {time.time() - t0:.1f}s", flush=True)
@@ -417,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discriminator minibatch-stddev group size (0 = off)")
     p.add_argument("--reuse-fake", action="store_true",
                    help="G step reuses the D step's fake batch (one generator forward less)")
+    p.add_argument("--upsample", choices=UPSAMPLE_MODES, default=d.upsample,
+                   help="generator 2x upsampling: 4x4/2 transposed conv, or nearest-neighbour "
+                        "+ 3x3 conv (no checkerboard texture)")
+    p.add_argument("--lr-decay-start", type=int, default=d.lr_decay_start,
+                   help="decay both learning rates linearly to 0 from this iteration (0 = off; "
+                        "with --resume it may be added to a run without decay if it starts at "
+                        "or after the checkpoint's iteration)")
+    p.add_argument("--lr-decay-end", type=int, default=d.lr_decay_end,
+                   help="iteration where the decayed learning rates reach 0 (default: --iters)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--max-minutes", type=float, default=0.0,

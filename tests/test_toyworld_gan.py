@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import models
 from models import train_toyworld_gan as tr
 from models.toyworld_gan import (
     G_LAYERS,
+    UPSAMPLE_MODES,
     WEIGHTS_DIR,
     ToyworldDiscriminator,
     ToyworldGenerator,
@@ -23,14 +25,16 @@ EXPECTED = {"layer1": (256, 4), "layer2": (256, 4), "layer3": (256, 8), "layer4"
             "layer5": (128, 16), "layer6": (128, 16), "layer7": (64, 32), "layer8": (32, 64)}
 
 
-@pytest.fixture(scope="module")
-def gen() -> ToyworldGenerator:
+@pytest.fixture(scope="module", params=UPSAMPLE_MODES)
+def gen(request: pytest.FixtureRequest) -> ToyworldGenerator:
     torch.manual_seed(0)
-    return ToyworldGenerator().eval()
+    return ToyworldGenerator(upsample=request.param).eval()
 
 
 def test_layer_names_and_shapes(gen: ToyworldGenerator) -> None:
     assert gen.layer_names == list(EXPECTED) == [name for name, *_ in G_LAYERS]
+    transposed = [m for m in gen.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(transposed) == (4 if gen.upsample == "transpose" else 0)
     seen: dict[str, tuple[int, ...]] = {}
     handles = [gen.layer(name).register_forward_hook(
         lambda _m, _i, out, name=name: seen.__setitem__(name, tuple(out.shape)))
@@ -167,14 +171,51 @@ def test_training_smoke_resume_export(tmp_path: Path) -> None:
     assert '"iterations": 3' in (weights / "toyworld_gan.json").read_text()
 
 
-def test_resume_is_same_as_uninterrupted(tmp_path: Path) -> None:
-    tr.main(_args(tmp_path / "a", "--iters", "3"))
-    tr.main(_args(tmp_path / "b", "--iters", "1"))
-    tr.main(_args(tmp_path / "b", "--iters", "3", "--resume"))
-    a = torch.load(tmp_path / "a" / tr.CHECKPOINT, weights_only=True)["g_ema"]
-    b = torch.load(tmp_path / "b" / tr.CHECKPOINT, weights_only=True)["g_ema"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+DECAY = ("--lr-decay-start", "1", "--lr-decay-end", "3")
+
+
+@pytest.mark.parametrize(("extra", "first", "resumed"), [
+    ((), (), ()),
+    (DECAY, DECAY, ()),  # decay from the start
+    (DECAY, (), DECAY[:2]),  # decay added when resuming at its start (end = --iters)
+])
+def test_resume_is_same_as_uninterrupted(tmp_path: Path, extra: tuple[str, ...],
+                                         first: tuple[str, ...],
+                                         resumed: tuple[str, ...]) -> None:
+    assert tr.main(_args(tmp_path / "a", "--iters", "3", *extra)) == 0
+    assert tr.main(_args(tmp_path / "b", "--iters", "1", *first)) == 0
+    assert tr.main(_args(tmp_path / "b", "--iters", "3", "--resume", *resumed)) == 0
+    sa = torch.load(tmp_path / "a" / tr.CHECKPOINT, weights_only=True)
+    sb = torch.load(tmp_path / "b" / tr.CHECKPOINT, weights_only=True)
+    for k in sa["g_ema"]:
+        torch.testing.assert_close(sa["g_ema"][k], sb["g_ema"][k], rtol=1e-4, atol=1e-5)
+    # Decay from iteration 1 to --iters 3: the third update used half the learning rate.
+    want = 2e-4 if extra else 4e-4
+    for s in (sa, sb):
+        assert s["opt_g"]["param_groups"][0]["lr"] == pytest.approx(want)
+        assert s["settings"]["lr_decay_end"] == (3 if extra else 0)
+
+
+def test_lr_decay_schedule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = tr.Settings(lr_decay_start=2, lr_decay_end=6)
+    assert [tr.lr_factor(s, i) for i in range(8)] == [1, 1, 1, 0.75, 0.5, 0.25, 0, 0]
+    assert all(tr.lr_factor(tr.Settings(), i) == 1 for i in (0, 10**6))
+    assert tr.training_command(s, 6, "x").endswith("--lr-decay-start 2 --lr-decay-end 6")
+    trainer = tr.Trainer(tr.Settings(pool=4, batch=2, lr_decay_start=1, lr_decay_end=3),
+                         tr.render_pool(0, 4))
+    for _ in range(3):
+        trainer.step()
+    c = 16 / 17  # lazy-R1 scaling of the discriminator's learning rate
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(4e-4 * 0.5)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4 * c * 0.5)
+    with pytest.raises(ValueError, match="0 < start < end"):
+        tr.Settings(lr_decay_start=5, lr_decay_end=5)
+    assert tr.main(_args(tmp_path / "bad", "--iters", "4", "--lr-decay-start", "4")) == 1
+    assert "0 < start < end" in capsys.readouterr().err
+    assert tr.main(_args(tmp_path / "run", "--iters", "2")) == 0
+    assert tr.main(_args(tmp_path / "run", "--iters", "4", "--resume",
+                         "--lr-decay-start", "1")) == 1
+    assert "before the checkpoint's iteration 2" in capsys.readouterr().err
 
 
 def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,3 +244,64 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path,
     assert tr.main(_args(out, "--iters", "5", "--resume")) == 2
     assert "STOPPED" in capsys.readouterr().err
     assert (out / tr.CHECKPOINT).read_bytes() == poisoned  # untouched
+
+
+def _tiny_weights(tmp_path: Path, upsample: str, meta: dict | None) -> Path:
+    """Weights of a fresh ``upsample`` generator in ``tmp_path``, with ``meta`` as json beside."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "toyworld_gan_g.safetensors"
+    save_file(ToyworldGenerator(upsample=upsample).state_dict(), str(path))
+    if meta is not None:
+        (tmp_path / "toyworld_gan.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_nearest_upsampling_is_nearest_then_conv() -> None:
+    g = ToyworldGenerator(upsample="nearest").eval()
+    conv = g.get_submodule("layer3.0")
+    assert isinstance(conv, torch.nn.Conv2d) and tuple(conv.weight.shape) == (256, 256, 3, 3)
+    x = torch.randn(2, 256, 4, 4, generator=torch.Generator().manual_seed(0))
+    up = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # brute-force nearest 2x
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(up, conv.weight, padding=1))
+    # Fewer parameters than transposed 4x4 kernels, same names for everything else.
+    t_keys = set(ToyworldGenerator().state_dict())
+    assert set(g.state_dict()) == t_keys
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        ToyworldGenerator(upsample="bilinear")
+
+
+def test_upsample_option_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert tr.main(_args(out, "--iters", "2", "--upsample", "nearest", "--reuse-fake")) == 0
+    state = torch.load(out / tr.CHECKPOINT, weights_only=True)
+    assert state["settings"]["upsample"] == "nearest"
+    assert tuple(state["g_ema"]["layer8.0.weight"].shape) == (32, 64, 3, 3)
+    assert tr.main(_args(out, "--iters", "3", "--resume")) == 0  # resume keeps the option
+    weights = tmp_path / "weights"
+    assert tr.main(["--out", str(out), "--export", "--weights-dir", str(weights),
+                    "--bn-batches", "1"]) == 0
+    meta = json.loads((weights / "toyworld_gan.json").read_text())
+    assert meta["settings"]["upsample"] == "nearest" and meta["iterations"] == 3
+    assert "--upsample nearest" in meta["command"]
+    g = load_generator(weights=weights / "toyworld_gan_g.safetensors")
+    assert g.upsample == "nearest"
+    with torch.no_grad():
+        assert g(g.sample_latents(2, 0)).shape == (2, 3, 64, 64)
+    assert tr.training_command(tr.Settings(upsample="nearest"), 5, "x").endswith(
+        "--out x --upsample nearest")
+    assert "--upsample" not in tr.training_command(tr.Settings(), 5, "x")
+
+
+def test_metadata_without_upsample_loads_transpose(tmp_path: Path) -> None:
+    old = {"seed": 0, "iterations": 1, "settings": {"seed": 0, "mbstd_group": 4}}
+    g = load_generator(weights=_tiny_weights(tmp_path / "old", "transpose", old))
+    assert g.upsample == "transpose"
+    assert load_generator(weights=_tiny_weights(tmp_path / "bare", "transpose", None)
+                          ).upsample == "transpose"
+    # Weights and metadata that disagree: the error says where the architecture came from.
+    wrong = _tiny_weights(tmp_path / "wrong", "nearest", old)
+    with pytest.raises(ValueError, match="mismatched shapes.*upsample='transpose'"):
+        load_generator(weights=wrong)
+    bad = {"settings": {"upsample": "bicubic"}}
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        load_generator(weights=_tiny_weights(tmp_path / "bad", "transpose", bad))
