@@ -90,7 +90,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
             raise ValueError(f"{args.checkpoint} is not a Toyworld GAN training checkpoint "
                              "(needs keys g_ema and d)")
         settings = state.get("settings", {}) if isinstance(state.get("settings"), dict) else {}
-        tgen = ToyworldGenerator()
+        try:
+            tgen = ToyworldGenerator(upsample=str(settings.get("upsample", "transpose")))
+        except ValueError as exc:
+            raise ValueError(f"{args.checkpoint}: settings.upsample: {exc}") from None
         tdisc = ToyworldDiscriminator(mbstd_group=int(settings.get("mbstd_group", 0)))
         try:
             tgen.load_state_dict(state["g_ema"])

@@ -274,3 +274,13 @@ def test_cli_checkpoint_loading(tmp_path: Path) -> None:
     torch.save({"g_ema": gen.state_dict(), "d": disc.state_dict(), "settings": {}}, path)
     with pytest.raises(ValueError, match="does not fit"):
         _load(args)
+    # a generator trained with --upsample nearest is rebuilt with that architecture
+    near = ToyworldGenerator(upsample="nearest").eval()
+    torch.save({"g_ema": near.state_dict(), "d": disc.state_dict(),
+                "settings": {"mbstd_group": 4, "upsample": "nearest"}}, path)
+    g3, _ = _load(args)
+    assert g3.upsample == "nearest" and torch.equal(g3(z), near(z))
+    torch.save({"g_ema": near.state_dict(), "d": disc.state_dict(),
+                "settings": {"mbstd_group": 4, "upsample": "bicubic"}}, path)
+    with pytest.raises(ValueError, match="settings.upsample"):
+        _load(args)
