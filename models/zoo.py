@@ -283,7 +283,10 @@ def load_zoo_model(name: str, device: str | torch.device = "cpu",
                          f"families (with path=): {', '.join(FAMILIES)}")
     weights = resolve_weights(path if path is not None else name, cache_dir, progress)
     obj = load_checkpoint(weights, trust_pickle=trust_pickle)
-    gen = _builders()[family](obj, **kwargs)
+    try:
+        gen = _builders()[family](obj, **kwargs)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{str(weights)!r}: {exc}") from None
     if entry is not None and tuple(gen.layer_names) != entry.layers:
         raise CheckpointError(f"{str(weights)!r} builds a {family} with layers "
                               f"{gen.layer_names[0]}..{gen.layer_names[-1]} at "

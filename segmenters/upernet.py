@@ -405,7 +405,11 @@ def load_segmenter(device: str | torch.device = "cpu", path: str | Path | None =
                                             trust_pickle=trust_pickle))
     dec = unwrap_state_dict(load_checkpoint(folder / f"decoder_epoch_{ep}.pth",
                                             trust_pickle=trust_pickle))
-    model = from_state_dicts(enc, dec, labeldata)
+    try:
+        model = from_state_dicts(enc, dec, labeldata)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{str(folder)!r} (encoder_epoch_{ep}.pth, decoder_epoch_{ep}.pth, "
+                              f"labels.json): {exc}") from None
     return UPerNetSegmenter(model, labeldata, device=device, **kwargs)
 
 

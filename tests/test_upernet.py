@@ -196,3 +196,8 @@ def test_num_batches_tracked_optional_and_epoch_pick(tmp_path: Path) -> None:
     ref = UPerNetSegmenter(m, LABELS, sizes=(64,))
     x = _images(1)
     assert torch.equal(seg.segment(x), ref.segment(x))
+    # a mismatch names the folder and the files of the chosen epoch
+    torch.save({k: v for k, v in enc.items() if k != "conv1.weight"},
+               tmp_path / "encoder_epoch_7.pth")
+    with pytest.raises(CheckpointError, match="encoder_epoch_7.pth.*not a unifiedparsing"):
+        load_segmenter(path=tmp_path)

@@ -229,6 +229,11 @@ def test_load_zoo_model_errors(tmp_path: Path) -> None:
     torch.save(g.state_dict(), tmp_path / "flat.pt")
     with pytest.raises(ValueError, match="not a GAN Dissection ProGAN"):
         load_zoo_model("progan", path=tmp_path / "flat.pt")
+    # a key/shape mismatch names the file it came from
+    sd = {k: v for k, v in g.state_dict().items() if k != "to_rgbs.0.bias"}
+    torch.save(sd, tmp_path / "cut.pt")
+    with pytest.raises(ValueError, match=r"cut\.pt.*missing keys: to_rgbs\.0\.bias"):
+        load_zoo_model("stylegan2", path=tmp_path / "cut.pt")
 
 
 def test_cli_zoo_lists_and_downloads(server: _Server, tmp_path: Path,
