@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .base import Generator, per_index_normal
+from .base import Generator, check_loader_kwargs, per_index_normal
 
 #: Bundled generators: name -> ("module:callable", one-line description).
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -45,6 +45,7 @@ def load(name: str, device: str = "cpu", **kwargs: Any) -> Generator:
     target, _ = REGISTRY[name]
     module, attr = target.split(":")
     factory: Callable[..., Generator] = getattr(importlib.import_module(module), attr)
+    check_loader_kwargs(factory, kwargs, "model", name)
     gen = factory(**kwargs)
     return gen.to(device).eval()
 

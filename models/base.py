@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,3 +78,30 @@ class Generator(nn.Module, ABC):
         if z.is_floating_point() and not torch.isfinite(z).all():
             raise ValueError("latents contain NaN or inf values")
         return z.to(self.device)
+
+
+def weights_path(weights: str | Path | None, path: str | Path | None, default: Path) -> Path:
+    """The weights file for a bundled loader's ``weights=`` / ``path=`` (synonyms, as
+    ``NAME:PATH`` on the command line gives ``path``): ``default`` when neither is given; a
+    folder means the file named like ``default`` inside it.
+
+    >>> weights_path(None, None, Path("w/g.safetensors")).as_posix()
+    'w/g.safetensors'
+    """
+    if weights is not None and path is not None:
+        raise ValueError("give weights= or path= (the same thing), not both")
+    given = weights if weights is not None else path
+    chosen = default if given is None else Path(given)
+    return chosen / default.name if chosen.is_dir() else chosen
+
+
+def check_loader_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], kind: str,
+                        name: str) -> None:
+    """Raise a clear ValueError when ``kwargs`` holds ``path`` but ``factory`` (a bundled
+    model's or segmenter's loader) reads no weights file, instead of a bare TypeError."""
+    if "path" not in kwargs:
+        return
+    params = inspect.signature(factory).parameters
+    if "path" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"{kind} {name!r} is built in and loads no checkpoint; use {name!r} "
+                         "without ':PATH'")

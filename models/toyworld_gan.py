@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Generator
+from .base import Generator, weights_path
 from .safe_load import load_into
 
 #: Directory of the shipped weights.
@@ -218,15 +218,17 @@ def _load_state(module: nn.Module, path: Path, what: str, note: str = "") -> Non
     load_into(module, state, what, path=path, hint=hint)
 
 
-def load_generator(device: str | torch.device = "cpu",
-                   weights: str | Path | None = None) -> ToyworldGenerator:
+def load_generator(device: str | torch.device = "cpu", weights: str | Path | None = None,
+                   path: str | Path | None = None) -> ToyworldGenerator:
     """The trained Toyworld generator (EMA weights) in eval mode on ``device``.
 
-    ``weights`` defaults to the shipped ``models/weights/toyworld_gan_g.safetensors``. Its
+    ``weights`` (or its synonym ``path``, as ``--model toyworld:PATH`` gives it; a folder means
+    its ``toyworld_gan_g.safetensors``) defaults to the shipped
+    ``models/weights/toyworld_gan_g.safetensors``. Its
     upsampling op is read from the training metadata beside the weights (``toyworld_gan.json``
     ``settings.upsample``; ``"transpose"`` when the file or the field is absent).
     """
-    path = Path(weights) if weights is not None else WEIGHTS_DIR / GENERATOR_FILE
+    path = weights_path(weights, path, WEIGHTS_DIR / GENERATOR_FILE)
     upsample = str(_settings_beside(path).get("upsample", "transpose"))
     meta_path = path.parent / METADATA_FILE
     try:
@@ -240,14 +242,14 @@ def load_generator(device: str | torch.device = "cpu",
     return gen.to(device).eval()
 
 
-def load_discriminator(device: str | torch.device = "cpu",
-                       weights: str | Path | None = None) -> ToyworldDiscriminator:
+def load_discriminator(device: str | torch.device = "cpu", weights: str | Path | None = None,
+                       path: str | Path | None = None) -> ToyworldDiscriminator:
     """The trained Toyworld discriminator in eval mode on ``device``.
 
     Its minibatch-stddev group size is read from the training metadata beside the weights
     (``toyworld_gan.json``; 0 = no minibatch-stddev when absent).
     """
-    path = Path(weights) if weights is not None else WEIGHTS_DIR / DISCRIMINATOR_FILE
+    path = weights_path(weights, path, WEIGHTS_DIR / DISCRIMINATOR_FILE)
     group = int(_settings_beside(path).get("mbstd_group", 0))
     disc = ToyworldDiscriminator(mbstd_group=group)
     _load_state(disc, path, "Toyworld discriminator")

@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from models.base import check_loader_kwargs
+
 from .base import KNOWN_CATEGORIES, Segmenter
 
 #: Bundled segmenters: name -> ("module:callable", one-line description).
@@ -38,6 +40,7 @@ def load(name: str, device: str = "cpu", **kwargs: Any) -> Segmenter:
     target, _ = REGISTRY[name]
     module, attr = target.split(":")
     factory: Callable[..., Segmenter] = getattr(importlib.import_module(module), attr)
+    check_loader_kwargs(factory, kwargs, "segmenter", name)
     return factory(device=device, **kwargs)
 
 

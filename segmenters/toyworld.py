@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from models.base import weights_path
 from models.safe_load import load_into
 from models.toyworld.concepts import CATEGORIES, CONCEPTS, LEAF_CONCEPT_TABLE, LEAVES
 
@@ -198,9 +199,11 @@ def load_weights(path: str | Path) -> ToyworldUNet:
 
 
 def load_segmenter(device: str | torch.device = "cpu", weights: str | Path | None = None,
-                   batch_size: int = 64) -> ToyworldSegmenter:
-    """The Toyworld segmenter with the shipped weights (or ``weights``), on ``device``."""
-    net = load_weights(DEFAULT_WEIGHTS if weights is None else weights)
+                   batch_size: int = 64, path: str | Path | None = None) -> ToyworldSegmenter:
+    """The Toyworld segmenter with the shipped weights (or ``weights``, or its synonym ``path``
+    as ``--segmenter toyworld:PATH`` gives it; a folder means its ``toyworld.safetensors``),
+    on ``device``."""
+    net = load_weights(weights_path(weights, path, DEFAULT_WEIGHTS))
     return ToyworldSegmenter(net, device=device, batch_size=batch_size)
 
 

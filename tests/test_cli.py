@@ -75,3 +75,33 @@ def test_local_checkpoint_spec_and_trust_pickle(tmp_path: Path,
                      "--out", str(tmp_path / "c")]) == 0
     assert main(["ablate", "--model", "progan:", *common, "--out", str(tmp_path / "d")]) == 2
     assert "names no path" in capsys.readouterr().err
+
+
+def test_bundled_specs_with_paths(tmp_path: Path) -> None:
+    """``toyworld:PATH`` (a file or a folder) loads the bundled architectures from other weights;
+    a built-in model or segmenter given a path says it loads none."""
+    import argparse
+
+    import torch
+
+    from gandissect.cli import load_model_and_segmenter
+    from models.base import weights_path
+    from models.toyworld_gan import WEIGHTS_DIR
+    from segmenters.toyworld import DEFAULT_WEIGHTS
+
+    def load(model: str, seg: str) -> tuple:
+        return load_model_and_segmenter(argparse.Namespace(model=model, segmenter=seg,
+                                                           device="cpu", trust_pickle=False))
+
+    gen, seg = load(f"toyworld:{WEIGHTS_DIR}", f"toyworld:{DEFAULT_WEIGHTS}")
+    ref, _ = load("toyworld", "color")
+    z = ref.sample_latents(2, 0)
+    assert torch.equal(gen(z), ref(z)) and seg.labels[0] == "sky"
+    with pytest.raises(ValueError, match="'planted' is built in and loads no checkpoint"):
+        load("planted:x.pt", "color")
+    with pytest.raises(ValueError, match="'color' is built in"):
+        load("planted", "color:x.pt")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load(f"toyworld:{tmp_path / 'nope.safetensors'}", "color")
+    with pytest.raises(ValueError, match="not both"):
+        weights_path("a", "b", Path("c"))
