@@ -14,7 +14,8 @@ re-estimated over ``--bn-batches`` batches; skipped when already exported), then
 
 and save an 8x8 sample grid (latent seed 12345) as ``<snapshot>/w/samples.png``. Scores are
 cached in ``<snapshot>/w/score.json`` together with the settings that produced them, so a rerun
-only scores new snapshots. Prints a Markdown table (also written to ``--table``) and recommends
+only scores new snapshots. Prints a Markdown table (also written to ``--table``; ``--plot`` draws
+the scores against iteration) and recommends
 the lowest-FID snapshot among those that pass the coverage rule: FID alone rewards a generator
 that drops hard concepts (see models/TRAINING.md), so it must not choose on its own.
 """
@@ -82,6 +83,44 @@ def markdown_table(scores: Sequence[dict[str, Any]], concepts: Sequence[str]) ->
         cells += [f"{s['ratios'][c]:.2f}" for c in concepts]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_scores(scores: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """PNG of FID, FSD and the lowest generated/rendered ratio (with the 1/3 line) against the
+    training iteration, one line per run; snapshots failing the coverage rule are hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for s in scores:
+        runs.setdefault(s["label"].rsplit(" ", 1)[0], []).append(s)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    panels = (("fid", "FID (segmenter features)"), ("fsd", "FSD"),
+              ("min_ratio", "lowest generated / rendered"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for run, rows in runs.items():
+            rows = sorted(rows, key=lambda r: r["iteration"])
+            x = [r["iteration"] for r in rows]
+            y = [min(r["ratios"][c] for c in r["checked"]) if key == "min_ratio" else r[key]
+                 for r in rows]
+            line, = ax.plot(x, y, "-", label=run)
+            for xi, yi, r in zip(x, y, rows, strict=True):
+                ax.plot(xi, yi, "o", color=line.get_color(),
+                        markerfacecolor=line.get_color() if r["coverage_ok"] else "none")
+        if key == "min_ratio":
+            ax.axhline(1 / 3, color="gray", linestyle="--", label="1/3")
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("filled: every concept >= 1% of pixels drawn at >= 1/3 of its rate", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 class Scorer:
@@ -170,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bn-batches", type=int, default=20,
                    help="batches of 64 to re-estimate BatchNorm statistics at export")
     p.add_argument("--table", default=None, help="also write the Markdown table to this file")
+    p.add_argument("--plot", default=None, help="also plot the scores against iteration (PNG)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -194,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "none: no snapshot draws every concept at >= 1/3 of its rate"))
     if args.table:
         Path(args.table).write_text(table + "\n")
+    if args.plot:
+        print(f"plot: {plot_scores(scores, args.plot)}", file=sys.stderr)
     return 0
 
 

@@ -47,7 +47,9 @@ def test_scores_match_gan_quality_and_are_cached(run: Path, tmp_path: Path,
     table = tmp_path / "t.md"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                      # few samples for FID: expected
-        assert ss.main([str(run), "--latest", "--table", str(table), *FAST]) == 0
+        assert ss.main([str(run), "--latest", "--table", str(table), "--plot",
+                        str(tmp_path / "p.png"), *FAST]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
     out = capsys.readouterr().out
     rows = [r for r in table.read_text().splitlines() if r.startswith("| v9")]
     assert [r.split(" | ")[0] for r in rows] == ["| v9 1", "| v9 2", "| v9 latest"]
