@@ -13,6 +13,10 @@ during ``dissect()`` (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the ru
 it, after loading the models and one warm-up batch). ``--random-weights`` builds the bundled
 architectures with random weights when trained weights are not available (timings depend on the
 architecture; sparsity on the activations).
+(3) with ``--workers N`` (N > 1), after each one-process dissection a dissection with
+``workers=N`` (spawned processes, ``--threads`` torch threads each; pool start-up included) of
+the same samples: the wall-time ratio workers=N / workers=1 measured in this run, and whether
+the two results are bit-identical.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -58,14 +63,24 @@ def floor_seconds(gen: Any, seg: Any, samples: int, seed: int, batch: int
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int
-                ) -> tuple[float, float]:
-    """Wall and process-CPU time of ``dissect()`` over ``samples`` samples."""
+def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, workers: int = 1
+                ) -> tuple[float, float, dict[str, Any]]:
+    """Wall and (parent) process-CPU time of ``dissect()`` over ``samples`` samples, and its
+    results."""
     from gandissect.dissect import dissect
     t0, c0 = time.perf_counter(), time.process_time()
-    dissect(gen, seg, args.layer, samples=samples, seed=args.seed, batch_size=args.batch_size,
-            threshold=args.threshold)
-    return time.perf_counter() - t0, time.process_time() - c0
+    res = dissect(gen, seg, args.layer, samples=samples, seed=args.seed,
+                  batch_size=args.batch_size, threshold=args.threshold, workers=workers,
+                  threads_per_worker=args.threads)
+    return time.perf_counter() - t0, time.process_time() - c0, res
+
+
+def identical(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Every result array of every layer is bit-identical."""
+    keys = ("thresholds", "iou", "intersection", "above", "concept_pixels", "frac_above",
+            "rank_error", "iqr", "topk_indices", "topk_values")
+    return a.keys() == b.keys() and all(
+        np.array_equal(getattr(a[k], f), getattr(b[k], f)) for k in a for f in keys)
 
 
 def memory_worker(args: argparse.Namespace) -> None:
@@ -73,7 +88,7 @@ def memory_worker(args: argparse.Namespace) -> None:
     gen, seg = load(args)
     floor_seconds(gen, seg, args.batch_size, args.seed + 1, args.batch_size)   # warm up
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds, _ = run_dissect(gen, seg, args, args.worker_mem)
+    seconds, _, _ = run_dissect(gen, seg, args, args.worker_mem)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"samples": args.worker_mem, "peak_rss_growth_mb": (after - before) / 1024,
                       "peak_rss_mb": after / 1024, "seconds": seconds}))
@@ -94,6 +109,9 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="dissections (each between two floor measurements); median ratio")
     p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also time dissect(workers=N) after each one-process run and print "
+                        "the wall-time ratio N / 1 and whether the results are identical")
     p.add_argument("--worker-mem", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.layer:
@@ -108,10 +126,13 @@ def main() -> int:
     # it, so that a load change on a shared machine biases the ratio less; CPU time (one thread)
     # is the steadier number; with --repeats, the median ratio over the repeats
     floors = [floor_seconds(gen, seg, args.samples, args.seed, args.batch_size)]
-    runs = []
+    runs, parallel, same = [], [], []
     for _ in range(args.repeats):
         runs.append(run_dissect(gen, seg, args, args.samples))
         floors.append(floor_seconds(gen, seg, args.samples, args.seed, args.batch_size))
+        if args.workers > 1:
+            parallel.append(run_dissect(gen, seg, args, args.samples, args.workers))
+            same.append(identical(runs[-1][2], parallel[-1][2]))
     wall = [r[0] / ((a[0] + b[0]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
     cpu = [r[1] / ((a[1] + b[1]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
     print(f"model={args.model} segmenter={args.segmenter} layers={args.layer} "
@@ -127,6 +148,14 @@ def main() -> int:
           f"{statistics.mean(r[1] for r in runs):.2f} s CPU")
     print(f"ratio dissection / floor:              {statistics.median(wall):.2f}x wall, "
           f"{statistics.median(cpu):.2f}x CPU")
+    if parallel:
+        ratios = [w[0] / r[0] for w, r in zip(parallel, runs, strict=True)]
+        print(f"dissection, workers={args.workers}:                "
+              f"{statistics.mean(w[0] for w in parallel):.2f} s wall "
+              f"({', '.join(f'{w[0]:.2f}' for w in parallel)})")
+        print(f"ratio workers={args.workers} / workers=1:          "
+              f"{statistics.median(ratios):.2f}x wall ({', '.join(f'{r:.2f}' for r in ratios)})"
+              f"; results bit-identical: {all(same)}")
     counts = [int(c) for c in args.mem_samples.split(",") if c.strip()]
     rows = []
     for n in counts:

@@ -7,7 +7,9 @@ Example::
 
 Statistics are saved into ``--out`` as the run goes (atomically); running the same command again
 after an interruption continues from the last save and ends with exactly the uninterrupted
-result. A folder holding a run with other arguments is refused.
+result. A folder holding a run with other arguments is refused. ``--workers N`` runs each pass
+over N spawned processes (one torch thread each) with a bit-identical result; a run may be
+resumed with another ``--workers``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="resize masks to this side length (default: segmenter output size)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (spawned, one torch thread each); every pass is split "
+                        "into chunks of samples across them; the result is bit-identical to "
+                        "--workers 1, and an interrupted run may resume with another count "
+                        "(default 1: this process)")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="save statistics at least this often (seconds)")
     p.add_argument("--report-units", type=int, default=None,
@@ -67,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from gandissect.dissect import DissectMismatchError, dissect
     from gandissect.report import write_report
 
-    if args.samples < 1 or args.batch_size < 1:
-        print(f"error: need --samples >= 1 and --batch-size >= 1, got {args.samples} and "
-              f"{args.batch_size}", file=sys.stderr)
+    if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
+        print(f"error: need --samples, --batch-size and --workers >= 1, got {args.samples}, "
+              f"{args.batch_size} and {args.workers}", file=sys.stderr)
         return 2
     gen, seg = load_model_and_segmenter(args)
     try:
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 threshold=args.threshold, category_conditioned=args.category_conditioned,
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
-                model_name=args.model, segmenter_name=args.segmenter)
+                workers=args.workers, model_name=args.model, segmenter_name=args.segmenter)
     except DissectMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -25,14 +25,31 @@ upsampling, so no pass holds a batch's full-resolution maps.
 ``category_conditioned=True`` (Broden style): the union for concept ``c`` counts only pixels of
 images where ``c``'s category is present, i.e. where some concept of that category has at least
 one pixel. When every image shows every category this equals the plain IoU.
+
+**Workers.** With ``workers > 1`` (or an ``executor``) every round (each pass-1 round, pass 2)
+splits the samples it still has to do into contiguous chunks of whole batches (two per worker).
+A worker starts a chunk from the round's configuration with empty accumulators
+(:meth:`_LayerState.blank_state`: histogram grid, cuts, active units, pass-2 brackets), runs the
+same per-batch code as one process (:func:`_run_span`) and returns its state; the parent merges
+the chunks as they finish (:meth:`_LayerState.merge`). The result is bit-identical to one
+process: batches are the same, every count is an exact integer and merges by addition, the
+histogram grid is a function of the value range only, TopK keeps a total order (value, then
+index), and the merged cut is the largest cut of any chunk, which is what the exact
+:meth:`_LayerState.failed_units` check needs (a chunk's own guesses may differ from one
+process's: that changes which units need another round, never a threshold).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import os
+import pickle
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -116,9 +133,14 @@ class _LayerState:
     """Pass-1 and pass-2 statistics of one layer."""
 
     def __init__(self, cfg: DissectConfig, units: int, src: tuple[int, int],
-                 dst: tuple[int, int], device: torch.device) -> None:
-        self.units, self.src, self.dst = units, src, dst
+                 dst: tuple[int, int], device: torch.device, concepts: int,
+                 categories: int) -> None:
+        self.cfg, self.units, self.src, self.dst = cfg, units, src, dst
+        self.device, self.concepts, self.categories = device, concepts, categories
         self.q = cfg.quantile
+        #: (first-batch, later) cut guess factors, read from the module when the state is made
+        #: (a worker gets the parent's: see :class:`_Chunk`)
+        self.guess = (FIRST_GUESS_FACTOR, GUESS_FACTOR)
         self.up = Upsampler(src, dst, device)
         self.hist = UnitHistogram(units, cfg.bins, device)
         self.topk = TopK(units, cfg.topk, device)
@@ -138,8 +160,8 @@ class _LayerState:
             out.update({f"counts.{k}": v for k, v in self.counts.state_dict().items()})
         return out
 
-    def load(self, state: dict[str, torch.Tensor], cfg: DissectConfig, n_concepts: int,
-             n_categories: int) -> None:
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict` (or :meth:`blank_state`)."""
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         self.hist.load_state_dict(part("hist."))
@@ -148,14 +170,53 @@ class _LayerState:
         self.active = state["p1.active"].to(self.active.device, torch.bool).clone()
         self.cut = state["p1.cut"].to(self.cut.device, torch.float64).clone()
         if any(k.startswith("counts.") for k in state):
-            self.start_pass2(cfg, n_concepts, n_categories)
+            self.start_pass2()
             assert self.counts is not None
             self.counts.load_state_dict(part("counts."))
+
+    #: state-dict entries that describe a round's configuration rather than accumulate
+    _CONFIG_KEYS = frozenset({"hist.vmin", "hist.vmax", "hist.e", "hist.m", "p1.round",
+                              "p1.active", "p1.cut", "counts.lo_index", "counts.e", "counts.m"})
+
+    def blank_state(self) -> dict[str, torch.Tensor]:
+        """This state's configuration (histogram grid, cuts, active units, round, pass-2
+        brackets or grid) with empty accumulators: where a worker starts a chunk of the round.
+        :meth:`merge` of the chunk's final state then adds exactly the chunk's samples."""
+        out = {}
+        for k, v in self.state_dict().items():
+            if k in self._CONFIG_KEYS:
+                out[k] = v
+            elif k.startswith("topk."):
+                out[k] = v[:, :0]
+            else:
+                out[k] = torch.zeros_like(v)
+        return out
+
+    def merge(self, state: dict[str, torch.Tensor]) -> None:
+        """Add a worker's final state for other samples of the same round (started from
+        :meth:`blank_state`): counts add, ranges widen, top-k keeps the best of both, and the
+        cut becomes the larger one (all values above it are binned in both)."""
+        other = _LayerState(self.cfg, self.units, self.src, self.dst, self.device,
+                            self.concepts, self.categories)
+        other.load({k: v.to(self.device) for k, v in state.items()})
+        if other.round != self.round or not torch.equal(other.active, self.active):
+            raise ValueError("cannot merge statistics of different pass-1 rounds")
+        self.hist.merge(other.hist)
+        self.topk.merge(other.topk)
+        self.cut = torch.maximum(self.cut, other.cut)
+        if isinstance(self.counts, ThresholdCounts) and isinstance(other.counts, ThresholdCounts):
+            self.counts.merge(other.counts)
+        elif isinstance(self.counts, ConceptHistogram) and \
+                isinstance(other.counts, ConceptHistogram):
+            self.counts.merge(other.counts)
+        elif self.counts is not None or other.counts is not None:
+            raise ValueError("cannot merge statistics of different passes")
 
     # ------------------------------------------------------------------ pass 1
     def pass1(self, acts: torch.Tensor, indices: torch.Tensor, quantile_mode: bool,
               seen: int) -> None:
-        """Add a batch; ``seen`` = samples of this round before it.
+        """Add a batch; ``seen`` = samples of this round already in these statistics (a worker's
+        chunk starts at 0). It only steers the cut guesses, never the result.
 
         Histogram every upsampled value above a per-unit cut (the rest only counted). Let ``C``
         be the largest cut of the round and ``lo`` the bracket edge that the histogram yields
@@ -177,12 +238,12 @@ class _LayerState:
             cut = torch.maximum(cut, self.up.quad_min_bound(a, self.target))   # also valid
         elif seen == 0:                       # estimate from a subsample of the batch's values
             sub = self.up.subsample(a).transpose(0, 1).reshape(units.numel(), -1)
-            k = int(sub.shape[1] - FIRST_GUESS_FACTOR * self.q * sub.shape[1])
+            k = int(sub.shape[1] - self.guess[0] * self.q * sub.shape[1])
             if k >= 1:
                 cut = torch.maximum(cut, sub.kthvalue(k, dim=1).values.double())
         else:           # (at most all binned values: a low first guess is not made lower)
             want = torch.minimum(self.hist.counts.sum(1).double(),
-                                 torch.tensor(GUESS_FACTOR * self.q * seen * self.up.pixels))
+                                 torch.tensor(self.guess[1] * self.q * seen * self.up.pixels))
             cut = torch.maximum(cut, self.hist.top_edge(want)[0][units])
         self.cut[units] = torch.maximum(self.cut[units], cut)
         flat = [self.hist.flat_index(v, units[u])
@@ -210,7 +271,9 @@ class _LayerState:
         self.round += 1
 
     # ------------------------------------------------------------------ pass 2
-    def start_pass2(self, cfg: DissectConfig, n_concepts: int, n_categories: int) -> None:
+    def start_pass2(self) -> None:
+        """Set up pass 2's counts from the pass-1 histogram."""
+        cfg, n_concepts, n_categories = self.cfg, self.concepts, self.categories
         if cfg.threshold == "quantile":
             _, j = self.hist.top_edge(self.target)
             lo_index = self.hist.m + j.clamp(min=0)
@@ -322,18 +385,65 @@ def _finish_iqr(st: _LayerState, cat_of: torch.Tensor, cfg: DissectConfig
             "frac_above": above_all_j.double().mean(1) / pixels,
             "rank_error": torch.zeros(j.shape[0], dtype=torch.float64)}
 
+Range = tuple[int, int]
 
-def _save_state(path: Path, cfg: DissectConfig, phase: int, next_sample: int,
+
+def _add_range(done: list[Range], a: int, b: int) -> list[Range]:
+    """``done`` (sorted disjoint sample ranges ``[a, b)``) with ``[a, b)`` added, merged."""
+    out: list[Range] = []
+    for lo, hi in sorted([*done, (a, b)]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _gaps(done: list[Range], n: int) -> list[Range]:
+    """The ranges of ``0..n-1`` not in ``done``."""
+    out, s = [], 0
+    for a, b in sorted(done):
+        if a > s:
+            out.append((s, a))
+        s = max(s, b)
+    return out + [(s, n)] if s < n else out
+
+
+def _split(todo: list[Range], batch_size: int, parts: int) -> list[Range]:
+    """Cut ``todo`` (ranges starting at multiples of ``batch_size``) into ``parts`` contiguous
+    chunks of whole batches (fewer if there are fewer batches; more where a chunk would span a
+    gap), as equal as can be: every chunk's batches are those of a one-process run."""
+    batches = [(s, min(s + batch_size, b)) for a, b in todo for s in range(a, b, batch_size)]
+    k = min(max(1, parts), len(batches))
+    out: list[tuple[int, int, int]] = []                  # (start, stop, group)
+    for i, (s, e) in enumerate(batches):
+        group = i * k // len(batches)
+        if out and out[-1][2] == group and out[-1][1] == s:
+            out[-1] = (out[-1][0], e, group)
+        else:
+            out.append((s, e, group))
+    return [(s, e) for s, e, _ in out]
+
+
+def _save_state(path: Path, cfg: DissectConfig, phase: int, done: list[Range],
                 layers: dict[str, _LayerState]) -> None:
     tensors = {f"{name}/{k}": v.contiguous().cpu()
                for name, st in layers.items() for k, v in st.state_dict().items()}
     meta = {"config": json.dumps(asdict(cfg)), "phase": str(phase),
-            "next_sample": str(next_sample)}
+            "done": json.dumps([list(r) for r in done])}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _load_progress(meta: dict[str, str]) -> tuple[int, list[Range]]:
+    """Phase and sample ranges done in the current round, from a saved state's metadata."""
+    if "done" in meta:
+        return int(meta["phase"]), [(int(a), int(b)) for a, b in json.loads(meta["done"])]
+    nxt = int(meta["next_sample"])                     # states saved before workers existed
+    return int(meta["phase"]), [(0, nxt)] if nxt else []
 
 
 def _check_folder(folder: Path, cfg: DissectConfig) -> None:
@@ -352,24 +462,243 @@ def _check_folder(folder: Path, cfg: DissectConfig) -> None:
         atomic_write_bytes(cfg_path, json.dumps(mine, indent=1).encode())
 
 
+@dataclass
+class _Run:
+    """The models and fixed settings of one dissection: everything a batch needs besides the
+    statistics (built the same way in the parent and in every worker)."""
+
+    generator: Any
+    segmenter: Any
+    cfg: DissectConfig
+    dev: torch.device
+    labels: list[str]
+    categories: list[str]
+    cat_names: list[str]
+    cat_of: torch.Tensor
+    R: int
+    seg_hw: tuple[int, int]
+    dst: tuple[int, int]
+
+    @classmethod
+    def make(cls, generator: Any, segmenter: Any, cfg: DissectConfig,
+             device: str | torch.device) -> _Run:
+        """Move the models to ``device`` (eval mode) and check the layers exist."""
+        dev = torch.device(device)
+        generator = generator.to(dev).eval()
+        segmenter.to(dev)
+        for name in cfg.layers:
+            generator.layer(name)                               # unknown layer -> clear error
+        labels, categories = list(segmenter.labels), list(segmenter.categories)
+        cat_names, cat_of = _category_index(categories)
+        R = int(generator.resolution)
+        seg_hw = tuple(segmenter.output_size(R, R))
+        res = cfg.seg_resolution
+        dst = (res, res) if res else seg_hw
+        return cls(generator, segmenter, cfg, dev, labels, categories, cat_names, cat_of, R,
+                   (int(seg_hw[0]), int(seg_hw[1])), (int(dst[0]), int(dst[1])))
+
+    def new_state(self, units: int, src: tuple[int, int]) -> _LayerState:
+        """Empty statistics for a layer of ``units`` maps of size ``src``."""
+        return _LayerState(self.cfg, units, src, self.dst, self.dev, len(self.labels),
+                           len(self.cat_names))
+
+
+def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], start: int,
+                seed: int) -> None:
+    """Refuse NaN/inf activations (naming the layer and the global sample index) and maps
+    whose shape differs from the probe's."""
+    for name, a in acts.items():
+        st = states[name]
+        bad = _first_bad(a)
+        if bad is not None:
+            raise ValueError(f"layer {name!r} produced NaN or inf activations for sample "
+                             f"{start + bad} (seed {seed})")
+        if (a.shape[1], a.shape[2], a.shape[3]) != (st.units, *st.src):
+            raise ValueError(f"layer {name!r} changed shape to {list(a.shape[1:])}")
+
+
+def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int, n: int,
+               seen: int) -> None:
+    """Add samples ``start .. start+n-1`` to ``states`` (the layers this round runs) in pass
+    ``phase``; ``seen`` as in :meth:`_LayerState.pass1`."""
+    cfg, gen = run.cfg, run.generator
+    z = gen.sample_latents(n, cfg.seed, start)
+    idx = torch.arange(start, start + n, device=run.dev)
+    with Trace(gen, list(states), stop=(phase == 1)) as tr:
+        images = gen(z)
+    acts = {k: tr[k].float() for k in states}
+    _check_acts(acts, states, start, cfg.seed)
+    if phase == 1:
+        for k, st in states.items():
+            st.pass1(acts[k], idx, cfg.threshold == "quantile", seen)
+    else:
+        masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
+        present = _category_presence(masks, run.cat_of, len(run.cat_names))
+        flat = masks.flatten(2)
+        coded = encode_rows(flat, present)
+        for k, st in states.items():
+            st.pass2(acts[k], flat, present, coded)
+
+
+def _run_span(run: _Run, states: dict[str, _LayerState], phase: int, start: int, stop: int,
+              seen: int, after_batch: Callable[[int, int], None] | None = None) -> None:
+    """Add samples ``start .. stop-1`` batch by batch (``start`` a multiple of the batch size,
+    so the batches are those of a one-process run); ``seen`` = samples of the round already in
+    ``states``; ``after_batch(first, end)`` after each batch. Shared by one process and workers."""
+    s = start
+    while s < stop:
+        n = min(run.cfg.batch_size, stop - s)
+        _run_batch(run, states, phase, s, n, seen + s - start)
+        s += n
+        if after_batch is not None:
+            after_batch(s - n, s)
+
+
+# ---------------------------------------------------------------------------------- workers
+#: per worker thread: (key, (generator, segmenter)) of the last models unpickled there
+_WORKER = threading.local()
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of one round, as sent to a worker."""
+
+    key: str                          #: identifies ``models`` (sha256 of the pickle)
+    models: bytes | None              #: pickled (generator, segmenter); None: set by initializer
+    cfg: DissectConfig
+    device: str
+    phase: int
+    start: int
+    stop: int
+    shapes: dict[str, tuple[int, tuple[int, int]]]     #: layer -> (units, (h, w))
+    states: dict[str, dict[str, torch.Tensor]]         #: layer -> blank_state() of the round
+    guess: tuple[float, float]                         #: the parent's cut guess factors
+
+
+def _install_models(key: str, models: bytes) -> tuple[Any, Any]:
+    """Unpickle ``models`` once per worker thread (cached under ``key``)."""
+    if getattr(_WORKER, "key", None) != key:
+        _WORKER.models = pickle.loads(models)
+        _WORKER.key = key
+    return _WORKER.models
+
+
+def _init_worker(key: str, models: bytes, threads: int) -> None:
+    """Initializer of the process pool :func:`dissect` makes: threads, then the models."""
+    torch.set_num_threads(threads)
+    _install_models(key, models)
+
+
+def _work(chunk: _Chunk) -> dict[str, dict[str, torch.Tensor]]:
+    """Worker entry point: the final (CPU) state of each layer after ``chunk``'s samples,
+    started from the round's blank states."""
+    if chunk.models is not None:
+        generator, segmenter = _install_models(chunk.key, chunk.models)
+    elif getattr(_WORKER, "key", None) == chunk.key:
+        generator, segmenter = _WORKER.models
+    else:
+        raise RuntimeError("dissect worker has no models (chunk sent without them to a worker "
+                           "that was not started by dissect())")
+    run = _Run.make(generator, segmenter, chunk.cfg, chunk.device)
+    states = {}
+    for name, (units, src) in chunk.shapes.items():
+        states[name] = run.new_state(units, src)
+        states[name].load({k: v.to(run.dev) for k, v in chunk.states[name].items()})
+        states[name].guess = chunk.guess
+    with torch.no_grad():
+        _run_span(run, states, chunk.phase, chunk.start, chunk.stop, seen=0)
+    return {name: {k: v.cpu() for k, v in st.state_dict().items()}
+            for name, st in states.items()}
+
+
+class _Pool:
+    """Where the chunks run: a caller's executor, or a spawn process pool made on first use
+    (and shut down by :meth:`close`, cancelling chunks not yet started)."""
+
+    def __init__(self, run: _Run, workers: int, executor: Executor | None,
+                 threads_per_worker: int) -> None:
+        self.run, self.workers, self.threads = run, workers, threads_per_worker
+        self.executor, self.own = executor, executor is None
+        self.key, self.models = "", b""
+
+    def start(self) -> tuple[Executor, str, bytes | None]:
+        """The executor, the models' key and what a :class:`_Chunk` carries as ``models``
+        (``None`` for the own pool, whose initializer installs them once per worker)."""
+        if not self.models:
+            try:
+                self.models = pickle.dumps((self.run.generator, self.run.segmenter))
+            except Exception as e:
+                raise ValueError(f"dissect with workers needs a picklable generator and "
+                                 f"segmenter: {e}") from e
+            self.key = hashlib.sha256(self.models).hexdigest()
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.key, self.models, self.threads))
+        return self.executor, self.key, None if self.own else self.models
+
+    def close(self) -> None:
+        if self.own and self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
+def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: list[Range],
+                finished: Callable[[int, int], None]) -> None:
+    """Run ``todo`` of this round on ``pool``, two chunks per worker, and merge each chunk's
+    statistics into ``states`` as it finishes (then ``finished(start, stop)``). On any error
+    (a worker's is re-raised here), chunks not yet started are cancelled."""
+    if not todo:
+        return
+    executor, key, models = pool.start()
+    cfg = pool.run.cfg
+    blank = {k: st.blank_state() for k, st in states.items()}
+    shapes = {k: (st.units, st.src) for k, st in states.items()}
+    guess = next(iter(states.values())).guess
+    futures: dict[Future[dict[str, dict[str, torch.Tensor]]], Range] = {}
+    try:
+        for a, b in _split(todo, cfg.batch_size, 2 * pool.workers):
+            chunk = _Chunk(key, models, cfg, str(pool.run.dev), phase, a, b, shapes, blank,
+                           guess)
+            futures[executor.submit(_work, chunk)] = (a, b)
+        for fut in as_completed(futures):
+            for k, state in fut.result().items():
+                states[k].merge(state)
+            finished(*futures[fut])
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+
+
 def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples: int,
             seed: int, quantile: float = 0.01, batch_size: int = 32,
             seg_resolution: int | None = None, device: str | torch.device = "cpu",
             threshold: str = "quantile", category_conditioned: bool = False,
             iou_threshold: float = 0.04, topk: int = 12, out: str | Path | None = None,
             checkpoint_seconds: float = 30.0, progress: bool = False,
-            on_batch: Callable[[int, int], None] | None = None,
+            on_batch: Callable[[int, int], None] | None = None, workers: int = 1,
+            executor: Executor | None = None, threads_per_worker: int = 1,
             **extra: Any) -> dict[str, LayerResult]:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` over samples ``0..samples-1`` of
     ``seed``; return one :class:`LayerResult` per layer (see the module docstring).
 
-    With ``out``, statistics are saved there atomically every ``checkpoint_seconds`` and at the
-    end of each pass; calling again with the same arguments resumes from the saved state and
-    returns exactly what an uninterrupted run returns. A folder holding a run with other
-    arguments raises :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called
-    after each batch (and its checkpoint, if due). ``extra`` may set ``bins``, ``fine_log2``,
+    With ``out``, statistics are saved there atomically every ``checkpoint_seconds`` (with
+    workers: after every finished chunk) and at the end of each round; calling again with the
+    same arguments resumes from the saved state and returns exactly what an uninterrupted run
+    returns (also with another ``workers``). A folder holding a run with other arguments raises
+    :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called after each batch
+    (with workers: after each finished chunk; ``samples_done`` counts the round's finished
+    samples), after its checkpoint if one is due. ``extra`` may set ``bins``, ``fine_log2``,
     ``iqr_bins``, ``min_iqr``, ``model_name``, ``segmenter_name`` (recorded in the config, with
     the weights' fingerprint).
+
+    ``workers > 1`` runs each round as chunks in that many spawned processes, each with
+    ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling
+    this needs an ``if __name__ == "__main__":`` guard). ``executor`` (any
+    :class:`concurrent.futures.Executor`, e.g. a cluster's) runs the chunks instead; ``workers``
+    then only sets the number of chunks (two per worker) and the executor's workers set their own
+    threads. The result is bit-identical to ``workers=1``.
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
@@ -378,16 +707,10 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
                         iou_threshold=iou_threshold, topk=topk,
                         weights=fingerprint(generator, segmenter), **extra)
     cfg.check()
-    dev = torch.device(device)
-    generator = generator.to(dev).eval()
-    segmenter.to(dev)
-    for name in names:
-        generator.layer(name)                                   # unknown layer -> clear error
-    labels, categories = list(segmenter.labels), list(segmenter.categories)
-    cat_names, cat_of = _category_index(categories)
-    R = int(generator.resolution)
-    seg_hw = segmenter.output_size(R, R)
-    dst = (seg_resolution, seg_resolution) if seg_resolution else tuple(seg_hw)
+    if workers < 1 or threads_per_worker < 1:
+        raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers} and "
+                         f"{threads_per_worker}")
+    run = _Run.make(generator, segmenter, cfg, device)
 
     folder = Path(out) if out is not None else None
     state_path = folder / "state.safetensors" if folder else None
@@ -397,102 +720,98 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
             return load_results(folder)
 
     states: dict[str, _LayerState] = {}
-    phase, next_sample = 1, 0
+    done: list[Range] = []
+    phase = 1
     saved: dict[str, torch.Tensor] = {}
     if state_path is not None and state_path.exists():
         from safetensors import safe_open
         with safe_open(str(state_path), "pt") as f:
-            meta = f.metadata()
-        phase, next_sample = int(meta["phase"]), int(meta["next_sample"])
+            phase, done = _load_progress(f.metadata())
         saved = load_file(str(state_path))
+
+    def done_count() -> int:
+        return sum(b - a for a, b in done)
 
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=2 * samples, unit="sample", desc="dissect", dynamic_ncols=True)
-        bar.update((phase - 1) * samples + next_sample)
+        bar.update((phase - 1) * samples + done_count())
 
     # probe sample 0 once: layer shapes (and their validity) before any statistics exist
-    with torch.no_grad(), Trace(generator, list(names), stop=True) as probe:
-        generator(generator.sample_latents(1, seed, 0))
+    with torch.no_grad(), Trace(run.generator, list(names), stop=True) as probe:
+        run.generator(run.generator.sample_latents(1, seed, 0))
     for name in names:
         a = probe[name]
-        states[name] = _LayerState(cfg, a.shape[1], (a.shape[2], a.shape[3]), dst, dev)
-        part = {k[len(name) + 1:]: v.to(dev) for k, v in saved.items() if k.startswith(name + "/")}
+        states[name] = run.new_state(a.shape[1], (a.shape[2], a.shape[3]))
+        part = {k[len(name) + 1:]: v.to(run.dev) for k, v in saved.items()
+                if k.startswith(name + "/")}
         if part:
-            states[name].load(part, cfg, len(labels), len(cat_names))
-
-    def check(acts: dict[str, torch.Tensor], start: int) -> None:
-        for name, a in acts.items():
-            st = states[name]
-            bad = _first_bad(a)
-            if bad is not None:
-                raise ValueError(f"layer {name!r} produced NaN or inf activations for sample "
-                                 f"{start + bad} (seed {seed})")
-            if (a.shape[1], a.shape[2], a.shape[3]) != (st.units, *st.src):
-                raise ValueError(f"layer {name!r} changed shape to {list(a.shape[1:])}")
+            states[name].load(part)
 
     last_save = time.monotonic()
-    with torch.no_grad():
-        while phase <= 2:
-            if phase == 2:
-                for st in states.values():
-                    if st.counts is None:
-                        st.start_pass2(cfg, len(labels), len(cat_names))
-            # pass 1 after round 0 re-runs only layers with units left to redo
-            needed = [k for k in names if phase == 2 or states[k].round == 0
-                      or bool(states[k].active.any())]
-            while next_sample < samples:
-                n = min(batch_size, samples - next_sample)
-                z = generator.sample_latents(n, seed, next_sample)
-                idx = torch.arange(next_sample, next_sample + n, device=dev)
-                with Trace(generator, needed, stop=(phase == 1)) as tr:
-                    images = generator(z)
-                acts = {k: tr[k].float() for k in needed}
-                check(acts, next_sample)
-                if phase == 1:
-                    for k in needed:
-                        states[k].pass1(acts[k], idx, cfg.threshold == "quantile", next_sample)
+
+    def finished(a: int, b: int, timed: bool) -> None:
+        """Samples ``a..b-1`` of the round are in ``states``: progress, checkpoint, callback."""
+        nonlocal done, last_save
+        done = _add_range(done, a, b)
+        if bar is not None:
+            bar.update(b - a)
+        if state_path is not None and (not timed or
+                                       time.monotonic() - last_save >= checkpoint_seconds):
+            _save_state(state_path, cfg, phase, done, states)
+            last_save = time.monotonic()
+        if on_batch is not None:
+            on_batch(phase, done_count())
+
+    pool = _Pool(run, workers, executor, threads_per_worker) \
+        if workers > 1 or executor is not None else None
+    try:
+        with torch.no_grad():
+            while phase <= 2:
+                if phase == 2:
+                    for st in states.values():
+                        if st.counts is None:
+                            st.start_pass2()
+                # pass 1 after round 0 re-runs only layers with units left to redo
+                needed = {k: states[k] for k in names if phase == 2 or states[k].round == 0
+                          or bool(states[k].active.any())}
+                todo = _gaps(done, samples)
+                if pool is not None:
+                    _run_chunks(pool, needed, phase, todo, lambda a, b: finished(a, b, False))
                 else:
-                    masks = _segment(segmenter, images, R, seg_hw, dst)
-                    present = _category_presence(masks, cat_of, len(cat_names))
-                    flat = masks.flatten(2)
-                    coded = encode_rows(flat, present)
-                    for k in needed:
-                        states[k].pass2(acts[k], flat, present, coded)
-                next_sample += n
-                if bar is not None:
-                    bar.update(n)
-                if state_path is not None and time.monotonic() - last_save >= checkpoint_seconds:
-                    _save_state(state_path, cfg, phase, next_sample, states)
+                    for lo, hi in todo:
+                        _run_span(run, needed, phase, lo, hi, seen=done_count(),
+                                  after_batch=lambda a, b: finished(a, b, True))
+                failed = {k: st.failed_units() for k, st in states.items()} \
+                    if phase == 1 and cfg.threshold == "quantile" else {}
+                if any(bool(f.any()) for f in failed.values()):
+                    for k, f in failed.items():             # guess too high: redo these units
+                        states[k].restart(f)
+                    if bar is not None:
+                        bar.total += samples
+                        bar.refresh()
+                else:
+                    phase += 1
+                done = []
+                if state_path is not None:
+                    _save_state(state_path, cfg, phase, done, states)
                     last_save = time.monotonic()
-                if on_batch is not None:
-                    on_batch(phase, next_sample)
-            failed = {k: st.failed_units() for k, st in states.items()} \
-                if phase == 1 and cfg.threshold == "quantile" else {}
-            if any(bool(f.any()) for f in failed.values()):
-                for k, f in failed.items():                 # guess too high: redo these units
-                    states[k].restart(f)
-                if bar is not None:
-                    bar.total += samples
-                    bar.refresh()
-                next_sample = 0
-            else:
-                phase, next_sample = phase + 1, 0
-            if state_path is not None:
-                _save_state(state_path, cfg, phase, next_sample, states)
-                last_save = time.monotonic()
+    finally:
+        if pool is not None:
+            pool.close()
     if bar is not None:
         bar.close()
     results = {}
     for name in names:
         st = states[name]
-        fin = (_finish_quantile if cfg.threshold == "quantile" else _finish_iqr)(st, cat_of, cfg)
+        fin = (_finish_quantile if cfg.threshold == "quantile" else _finish_iqr)(
+            st, run.cat_of, cfg)
         meta = json.loads(json.dumps(asdict(cfg)))
-        meta.update(layer_shape=[st.units, *st.src], seg_shape=list(dst),
-                    category_names=cat_names)
+        meta.update(layer_shape=[st.units, *st.src], seg_shape=list(run.dst),
+                    category_names=run.cat_names)
         results[name] = LayerResult(
-            layer=name, labels=labels, categories=categories,
+            layer=name, labels=run.labels, categories=run.categories,
             topk_indices=st.topk.indices.cpu().numpy(), topk_values=st.topk.values.cpu().numpy(),
             meta=meta, **{k: v.cpu().numpy() for k, v in fin.items()})
     if folder is not None:
