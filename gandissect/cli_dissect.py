@@ -75,9 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from gandissect.report import write_report
 
     if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
-        print(f"error: need --samples, --batch-size and --workers >= 1, got {args.samples}, "
-              f"{args.batch_size} and {args.workers}", file=sys.stderr)
-        return 2
+        raise ValueError(f"need --samples, --batch-size and --workers >= 1, got {args.samples}, "
+                         f"{args.batch_size} and {args.workers}")
     gen, seg = load_model_and_segmenter(args)
     try:
         with torch.no_grad():
@@ -89,12 +88,9 @@ def run(args: argparse.Namespace) -> int:
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
                 workers=args.workers, model_name=args.model, segmenter_name=args.segmenter)
-    except DissectMismatchError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except DissectMismatchError as e:           # exit 3: the folder holds another run
+        print(f"gandissect dissect: error: {e}", file=sys.stderr)
         return 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     for name, r in results.items():
         print(f"{name}: {int(r.interpretable.sum())}/{r.units} units interpretable "
               f"(IoU > {r.iou_threshold:g})")

@@ -67,6 +67,9 @@ def test_cli_runs_resumes_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixt
     other = parse([a if a != "1" else "2" for a in argv])
     assert other.func(other) == 3
     assert "other arguments" in capsys.readouterr().err
-    bad = parse(argv[:6] + ["nope"] + argv[7:])
-    assert bad.func(bad) == 2
-    assert "valid layers: layout" in capsys.readouterr().err
+    from gandissect.cli import main
+
+    assert main(argv[:6] + ["nope"] + argv[7:]) == 2          # errors reach main's handler
+    assert "gandissect dissect: error: unknown layer" in capsys.readouterr().err
+    assert main([*argv, "--workers", "0"]) == 2
+    assert "--workers >= 1" in capsys.readouterr().err
