@@ -67,6 +67,7 @@ from models.base import Generator
 from .artifact_scores import Replace, default_top, effect_scores
 from .causal import random_units
 from .hooks import Trace, check_feature_map
+from .imaging import save_figure
 from .intervene import Edit, ablation
 from .quality import frechet_distance, gaussian_stats
 from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure, check_fid_samples
@@ -351,11 +352,7 @@ def plot_removal(study: RemovalStudy, path: str | Path) -> Path:
     ax.set_title(f"artifact removal, {study.layer}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["METHODS", "ArtifactScores", "RemovalStudy", "artifact_scores", "plot_removal",

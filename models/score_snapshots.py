@@ -93,6 +93,8 @@ def plot_scores(scores: Sequence[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gandissect.imaging import save_figure
+
     runs: dict[str, list[dict[str, Any]]] = {}
     for s in scores:
         runs.setdefault(s["label"].rsplit(" ", 1)[0], []).append(s)
@@ -116,11 +118,7 @@ def plot_scores(scores: Sequence[dict[str, Any]], path: str | Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle("filled: every concept >= 1% of pixels drawn at >= 1/3 of its rate", fontsize=9)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 class Scorer:
