@@ -16,7 +16,13 @@ import torch
 
 import segmenters
 from gandissect.artifact_scores import fid_feature_gradient
-from gandissect.artifacts import _spatial_check, artifact_scores, removal_edit, removal_study
+from gandissect.artifacts import (
+    _spatial_check,
+    artifact_scores,
+    plot_removal,
+    removal_edit,
+    removal_study,
+)
 from gandissect.intervene import ablation, intervene
 from gandissect.plant_artifacts import checkerboard, plant_artifacts
 from gandissect.quality import frechet_distance, gaussian_stats
@@ -180,7 +186,7 @@ def test_effect_score_equals_brute_force_removal_when_the_top_set_is_everything(
         assert verified.scores[int(u)] == max(value, last_in[u])
 
 
-def test_removal_study_random_draws_and_noise(nets: tuple) -> None:
+def test_removal_study_random_draws_and_noise(nets: tuple, tmp_path: Path) -> None:
     gen = nets[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -203,6 +209,8 @@ def test_removal_study_random_draws_and_noise(nets: tuple) -> None:
                                                         values)])
         assert row["random_values"][1] == pytest.approx(direct, rel=1e-6)
     assert "random-k (3 draws)" in study.table()
+    png = plot_removal(study, tmp_path / "plots" / "removal.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
 
 
 def test_planted_artifact_units_are_found_and_removal_restores_fid(
