@@ -13,7 +13,7 @@ value for a freshly initialised generator of the same architecture (what "no tra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -160,14 +160,21 @@ def gan_quality(generator: Generator, segmenter: Segmenter, samples: int = 2000,
     labels = list(segmenter.labels)
     truth_idx = ({c: CONCEPTS.index(c) for c in labels} if set(labels) <= set(CONCEPTS)
                  else {})
-    rates: dict[str, dict[str, float]] = {}
-    for k, c in enumerate(labels):
-        rates[c] = {"generated": float(gen[:, k].mean()), "rendered": float(ref[:, k].mean())}
-        if truth_idx:
-            rates[c]["rendered_truth"] = float(ref_truth[:, truth_idx[c]].mean())
+    rates = concept_rates(gen, ref, labels)
+    for c in rates if truth_idx else ():
+        rates[c]["rendered_truth"] = float(ref_truth[:, truth_idx[c]].mean())
     return {"fsd": fsd_of(gen, ref), "fsd_floor": fsd_of(ref2, ref),
             "fsd_untrained": fsd_of(unt, ref), "concept_rates": rates, "samples": samples,
             "seed": seed, "reference_seed": HELD_OUT_SEED}
+
+
+def concept_rates(generated: np.ndarray, rendered: np.ndarray, labels: Sequence[str]
+                  ) -> dict[str, dict[str, float]]:
+    """``{concept: {"generated", "rendered"}}``: mean pixel fractions of each concept over the
+    per-image fractions ``[n, C]`` of generated and of rendered images (columns in ``labels``
+    order)."""
+    return {c: {"generated": float(generated[:, k].mean()),
+                "rendered": float(rendered[:, k].mean())} for k, c in enumerate(labels)}
 
 
 def concept_coverage_ok(result: dict, min_rendered: float = 0.01,
@@ -194,5 +201,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["HELD_OUT_SEED", "concept_coverage_ok", "concept_fractions", "format_table",
-           "frechet_distance", "fsd_of", "gan_quality", "gaussian_stats", "sqrtm_psd"]
+__all__ = ["HELD_OUT_SEED", "concept_coverage_ok", "concept_fractions", "concept_rates",
+           "format_table", "frechet_distance", "fsd_of", "gan_quality", "gaussian_stats",
+           "sqrtm_psd"]

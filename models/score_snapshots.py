@@ -4,7 +4,7 @@
 
 For every ``<run>/snapshots/iter_N/`` (written by ``train_toyworld_gan --snapshot-every``), and
 the run's latest ``checkpoint.pt`` with ``--latest``: export it (``<snapshot>/w/``, BatchNorm
-re-estimated over ``--bn-batches`` batches; skipped when already exported), then measure
+re-estimated over ``--bn-batches`` batches), then measure
 
 - ``fsd`` and the generated/rendered rate of every concept (as ``gandissect gan-quality``, against
   the same held-out rendered scenes, computed once for all snapshots),
@@ -148,13 +148,16 @@ class Scorer:
     @torch.no_grad()
     def score(self, generator: Any) -> dict[str, Any]:
         """FSD, per-concept rates, the coverage rule and FID of ``generator``."""
-        from gandissect.quality import concept_coverage_ok, fsd_of, generated_fractions
+        from gandissect.quality import (
+            concept_coverage_ok,
+            concept_rates,
+            fsd_of,
+            generated_fractions,
+        )
 
         gen = generated_fractions(generator, self.segmenter, self.samples, self.seed,
                                   self.batch_size, self.progress)
-        rates = {c: {"generated": float(gen[:, k].mean()),
-                     "rendered": float(self.reference[:, k].mean())}
-                 for k, c in enumerate(self.labels)}
+        rates = concept_rates(gen, self.reference, self.labels)
         ok = concept_coverage_ok({"concept_rates": rates})
         fid = self.fid.score(generator, self.fid_samples, self.seed)
         if not np.isfinite(fid):
@@ -167,10 +170,10 @@ class Scorer:
 
 
 def score_folder(folder: Path, scorer: Scorer, bn_batches: int) -> dict[str, Any]:
-    """Export ``folder``'s checkpoint (unless exported), score it (unless a score with the same
-    settings is cached) and save its sample grid; returns the score with ``label``,
-    ``iteration`` and ``folder``."""
-    from models.toyworld_gan import GENERATOR_FILE, load_generator, load_metadata
+    """Unless a score with the same settings is cached: export ``folder``'s checkpoint (again,
+    so the weights always match the recorded ``bn_batches``), save its sample grid and score
+    it; returns the score with ``label``, ``iteration`` and ``folder``."""
+    from models.toyworld_gan import GENERATOR_FILE, METADATA_FILE, load_generator, load_metadata
     from models.train_toyworld_gan import export, sample_grid
 
     weights = folder / "w"
@@ -179,13 +182,12 @@ def score_folder(folder: Path, scorer: Scorer, bn_batches: int) -> dict[str, Any
         old = json.loads(cached.read_text())
         if old.get("settings") == {**scorer.settings, "bn_batches": bn_batches}:
             return dict(old)
-    if not (weights / GENERATOR_FILE).is_file():
-        export(folder, weights, bn_batches=bn_batches)
+    export(folder, weights, bn_batches=bn_batches)
     gen = load_generator(weights=weights / GENERATOR_FILE)
     sample_grid(gen, weights / "samples.png")
     result = scorer.score(gen)
     result.update(label=label_of(folder), folder=str(folder),
-                  iteration=int(load_metadata(weights / "toyworld_gan.json")["iterations"]),
+                  iteration=int(load_metadata(weights / METADATA_FILE)["iterations"]),
                   settings={**scorer.settings, "bn_batches": bn_batches})
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
@@ -223,8 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"score_snapshots: error: {exc}", file=sys.stderr)
         return 2
-    concepts = [c for c in scores[0]["checked"]]
-    table = markdown_table(scores, concepts)
+    table = markdown_table(scores, scores[0]["checked"])
     print(table)
     best = choose(scores)
     print("\nrecommended: " + (f"{best['label']} ({best['folder']}/w): FID {best['fid']:.1f}, "
