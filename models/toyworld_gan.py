@@ -40,6 +40,9 @@ from .safe_load import load_into
 #: Directory of the shipped weights.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 GENERATOR_FILE = "toyworld_gan_g.safetensors"
+#: The segmenter a semantic discriminator was trained with (the shipped Toyworld U-Net).
+SEGMENTER_WEIGHTS = Path(__file__).resolve().parent.parent / "segmenters" / "weights" / \
+    "toyworld.safetensors"
 DISCRIMINATOR_FILE = "toyworld_gan_d.safetensors"
 METADATA_FILE = "toyworld_gan.json"
 
@@ -59,6 +62,8 @@ D_WIDTHS: tuple[int, ...] = (64, 128, 256, 256)
 Z_DIM = 128
 #: Generator upsampling ops: 4x4 stride-2 transposed conv, or nearest 2x + 3x3 conv.
 UPSAMPLE_MODES: tuple[str, ...] = ("transpose", "nearest")
+#: Extra input channels of a semantic discriminator: the Toyworld segmenter's leaf probabilities.
+SEMANTIC_CHANNELS = 13
 
 
 class _NearestConv(nn.Conv2d):
@@ -163,15 +168,23 @@ class ToyworldDiscriminator(nn.Module):
     lets D see a lack of variety), consecutive groups of up to ``g`` images share one extra
     feature: the mean over features of their standard deviation at 4x4, so a logit depends on
     its group (score images in batches whose size is a multiple of ``g``).
+
+    With ``semantic=True`` the first convolution also sees the 13 leaf probabilities of a frozen
+    Toyworld segmenter U-Net (``[n, 3 + 13, 64, 64]``), so it can judge what is drawn where
+    (a door on a wall). The U-Net is attached with :meth:`attach_segmenter` (never part of
+    this module's state dict); ``forward(x, leaf_probs)`` may be given precomputed
+    probabilities instead.
     """
 
-    def __init__(self, mbstd_group: int = 0) -> None:
+    def __init__(self, mbstd_group: int = 0, semantic: bool = False) -> None:
         super().__init__()
         if mbstd_group < 0:
             raise ValueError(f"mbstd_group must be >= 0, got {mbstd_group}")
         self.mbstd_group = mbstd_group
+        self.semantic = semantic
+        self._segnet: list[nn.Module] = []  # a list keeps it out of state_dict / parameters
         layers: list[nn.Module] = []
-        cin = 3
+        cin = 3 + (SEMANTIC_CHANNELS if semantic else 0)
         for w in D_WIDTHS:
             layers += [nn.Conv2d(cin, w, 4, 2, 1), nn.LeakyReLU(0.2)]
             cin = w
@@ -183,10 +196,34 @@ class ToyworldDiscriminator(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attach_segmenter(self, net: nn.Module) -> ToyworldDiscriminator:
+        """Use ``net`` (images -> 13 leaf logits, frozen here) for the semantic input."""
+        self._segnet[:] = [net.eval().requires_grad_(False)]
+        return self
+
+    def leaf_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Leaf probabilities ``[n, 13, 64, 64]`` of the attached segmenter (differentiable in
+        ``x``)."""
+        if not self._segnet:
+            raise ValueError("this semantic discriminator has no segmenter attached; load it "
+                             "with models.toyworld_gan.load_discriminator() or call "
+                             "attach_segmenter(segmenters.toyworld.load_weights(...))")
+        logits: torch.Tensor = self._segnet[0](x)
+        return logits.softmax(dim=1)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)  # .to(device) / .half() also move the attached segmenter
+        for net in self._segnet:
+            net._apply(fn, recurse)
+        return self
+
+    def forward(self, x: torch.Tensor, leaf_probs: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 64, 64):
             raise ValueError(f"ToyworldDiscriminator expects images [n, 3, 64, 64], "
                              f"got {list(x.shape)}")
+        if self.semantic:
+            probs = self.leaf_probs(x) if leaf_probs is None else leaf_probs
+            x = torch.cat([x, probs.to(x.dtype)], dim=1)
         h = self.features(x)
         if self.mbstd_group:
             n, c, hh, ww = h.shape
@@ -246,13 +283,19 @@ def load_discriminator(device: str | torch.device = "cpu", weights: str | Path |
                        path: str | Path | None = None) -> ToyworldDiscriminator:
     """The trained Toyworld discriminator in eval mode on ``device``.
 
-    Its minibatch-stddev group size is read from the training metadata beside the weights
-    (``toyworld_gan.json``; 0 = no minibatch-stddev when absent).
+    Its minibatch-stddev group size and whether it is semantic (sees the shipped Toyworld
+    segmenter's leaf probabilities, which are then loaded and attached) are read from the
+    training metadata beside the weights (``toyworld_gan.json``; absent = 0 and no).
     """
     path = weights_path(weights, path, WEIGHTS_DIR / DISCRIMINATOR_FILE)
-    group = int(_settings_beside(path).get("mbstd_group", 0))
-    disc = ToyworldDiscriminator(mbstd_group=group)
+    settings = _settings_beside(path)
+    disc = ToyworldDiscriminator(mbstd_group=int(settings.get("mbstd_group", 0)),
+                                 semantic=bool(settings.get("semantic_d", False)))
     _load_state(disc, path, "Toyworld discriminator")
+    if disc.semantic:
+        from segmenters.toyworld import load_weights as load_segmenter_net
+
+        disc.attach_segmenter(load_segmenter_net(SEGMENTER_WEIGHTS))
     return disc.to(device).eval()
 
 

@@ -44,6 +44,8 @@ from .toyworld_gan import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
     METADATA_FILE,
+    SEGMENTER_WEIGHTS,
+    SEMANTIC_CHANNELS,
     UPSAMPLE_MODES,
     WEIGHTS_DIR,
     Z_DIM,
@@ -75,6 +77,8 @@ class Settings:
     upsample: str = "transpose"
     lr_decay_start: int = 0
     lr_decay_end: int = 0
+    semantic_d: bool = False
+    rate_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr_decay_start < 0 or (self.lr_decay_start
@@ -116,6 +120,31 @@ def training_command(settings: Settings, iterations: int, out: str | Path) -> st
     return "python -m models.train_toyworld_gan " + " ".join(flags)
 
 
+#: Real scenes whose mean leaf probabilities are the rate controller's target.
+RATE_TARGET_IMAGES = 2048
+#: EMA decay of the generator's running leaf rates (rate controller).
+RATE_EMA = 0.99
+
+
+def _frozen_segmenter() -> nn.Module:
+    """The shipped Toyworld segmenter U-Net, frozen, in eval mode (images -> leaf logits)."""
+    from segmenters.toyworld import load_weights
+
+    net: nn.Module = load_weights(SEGMENTER_WEIGHTS).eval().requires_grad_(False)
+    return net
+
+
+@torch.no_grad()
+def leaf_rates(net: nn.Module | None, pool: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """Mean leaf probabilities ``[13]`` of ``net`` over uint8 pool images."""
+    assert net is not None
+    total = torch.zeros(SEMANTIC_CHANNELS, dtype=torch.float64)
+    for s in range(0, pool.shape[0], batch):
+        probs = net(to_float(pool[s:s + batch])).softmax(dim=1)
+        total += probs.sum(dim=(0, 2, 3)).double()
+    return (total / (pool.shape[0] * pool.shape[2] * pool.shape[3])).float()
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf."""
 
@@ -145,7 +174,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
             self.g = ToyworldGenerator(upsample=settings.upsample)
-            self.d = ToyworldDiscriminator(settings.mbstd_group)
+            self.d = ToyworldDiscriminator(settings.mbstd_group, semantic=settings.semantic_d)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         betas = (settings.beta1, settings.beta2)
         self.opt_g = torch.optim.Adam(self.g.parameters(), settings.lr_g, betas=betas)
@@ -158,6 +187,17 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(settings.seed + 1)
         self.iteration = 0
         self.last: dict[str, float] = {}
+        self.segnet: nn.Module | None = None
+        if settings.semantic_d or settings.rate_weight:
+            self.segnet = _frozen_segmenter()
+            self.d.attach_segmenter(self.segnet)
+        # Leaf-rate controller: target = the segmenter's mean leaf probabilities on real scenes,
+        # running = an EMA of the generator's (part of the state, so resuming is exact).
+        self.target_rates = torch.zeros(SEMANTIC_CHANNELS)
+        self.running_rates = torch.zeros(SEMANTIC_CHANNELS)
+        if settings.rate_weight and pool.shape[0]:
+            self.target_rates = leaf_rates(self.segnet, pool[:RATE_TARGET_IMAGES])
+            self.running_rates = self.target_rates.clone()
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, self.pool.shape[0], (self.s.batch,), generator=self.rng)
@@ -175,21 +215,39 @@ class Trainer:
                     group["lr"] = base * factor
         self.g.train()
         real, z = self._batch()
+        semantic = self.segnet is not None and s.semantic_d
         # Discriminator.
+        fake_probs: torch.Tensor | None = None
         if s.reuse_fake:  # the G step below reuses this batch (saves one generator forward)
             fake_g = self.g(z)
             fake = fake_g.detach()
+            if self.segnet is not None:  # differentiable; reused by the G step
+                fake_probs = self.segnet(fake_g).softmax(dim=1)
         else:
             with torch.no_grad():
                 fake = self.g(z)
-        d_loss = F.softplus(self.d(fake)).mean() + F.softplus(-self.d(real)).mean()
+        real_probs = fake_probs_d = None
+        if semantic:
+            assert self.segnet is not None
+            with torch.no_grad():
+                real_probs = self.segnet(real).softmax(dim=1)
+                fake_probs_d = (fake_probs.detach() if fake_probs is not None
+                                else self.segnet(fake).softmax(dim=1))
+        d_loss = (F.softplus(self.d(fake, fake_probs_d)).mean()
+                  + F.softplus(-self.d(real, real_probs)).mean())
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         r1 = torch.zeros(())
         if s.r1_gamma > 0 and self.iteration % s.r1_every == 0:
+            # R1 on the discriminator's whole input (image and, if semantic, leaf probabilities)
             real_r = real.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.d(real_r).sum(), real_r, create_graph=True)
-            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            inputs = [real_r]
+            probs_r = None
+            if real_probs is not None:
+                probs_r = real_probs.detach().requires_grad_(True)
+                inputs.append(probs_r)
+            grads = torch.autograd.grad(self.d(real_r, probs_r).sum(), inputs, create_graph=True)
+            r1 = sum(g.square().sum(dim=(1, 2, 3)) for g in grads).mean()  # type: ignore[union-attr]
             (0.5 * s.r1_gamma * s.r1_every * r1).backward()
         self._check({"d_loss": float(d_loss.detach()), "r1": float(r1.detach())})
         self.opt_d.step()
@@ -197,8 +255,13 @@ class Trainer:
         if not s.reuse_fake:
             _, z2 = self._batch()
             fake_g = self.g(z2)
+            if self.segnet is not None:
+                fake_probs = self.segnet(fake_g).softmax(dim=1)
         self.d.requires_grad_(False)
-        g_loss = F.softplus(-self.d(fake_g)).mean()
+        g_loss = F.softplus(-self.d(fake_g, fake_probs if semantic else None)).mean()
+        if s.rate_weight:
+            assert fake_probs is not None
+            g_loss = g_loss + s.rate_weight * self._rate_loss(fake_probs)
         self._check({"g_loss": float(g_loss.detach())})
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -210,6 +273,20 @@ class Trainer:
         self.iteration += 1
         self.last = losses
         return losses
+
+    def _rate_loss(self, probs: torch.Tensor) -> torch.Tensor:
+        """Leaf-rate controller: ``sum_l mean(p_l) * clip(log(running_l / target_l), +-2)``.
+
+        Its gradient pushes every leaf's drawn rate (as the frozen segmenter sees it) towards
+        the real scenes' rate, in proportion to the log ratio of a running average (EMA 0.99)
+        of the generator's rates to the target: a coverage force against mode dropping."""
+        batch_rates = probs.mean(dim=(0, 2, 3))
+        with torch.no_grad():
+            self.running_rates.mul_(RATE_EMA).add_(batch_rates.detach().float(),
+                                                   alpha=1 - RATE_EMA)
+            eps = 1e-4
+            push = ((self.running_rates + eps) / (self.target_rates + eps)).log().clamp(-2, 2)
+        return (batch_rates * push.to(batch_rates.dtype)).sum()
 
     def _check(self, losses: dict[str, float]) -> None:
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
@@ -229,7 +306,8 @@ class Trainer:
         return {"settings": asdict(self.s), "iteration": self.iteration,
                 "g": self.g.state_dict(), "d": self.d.state_dict(),
                 "g_ema": self.g_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state()}
+                "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state(),
+                "target_rates": self.target_rates, "running_rates": self.running_rates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])
@@ -239,6 +317,9 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.rng.set_state(state["rng"])
         self.iteration = int(state["iteration"])
+        if "running_rates" in state:
+            self.target_rates.copy_(state["target_rates"])
+            self.running_rates.copy_(state["running_rates"])
 
 
 def save_checkpoint(trainer: Trainer, out: Path, elapsed: float) -> None:
@@ -368,6 +449,7 @@ def train(args: argparse.Namespace) -> int:
                          ema_decay=args.ema_decay, mbstd_group=args.mbstd_group,
                          reuse_fake=args.reuse_fake, upsample=args.upsample,
                          lr_decay_start=args.lr_decay_start,
+                         semantic_d=args.semantic_d, rate_weight=args.rate_weight,
                          lr_decay_end=((args.lr_decay_end or args.iters)
                                        if args.lr_decay_start else 0)))
     if state is not None and args.lr_decay_start and not settings.lr_decay_start:
@@ -477,6 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "or after the checkpoint's iteration)")
     p.add_argument("--lr-decay-end", type=int, default=d.lr_decay_end,
                    help="iteration where the decayed learning rates reach 0 (default: --iters)")
+    p.add_argument("--semantic-d", action="store_true",
+                   help="the discriminator also sees the frozen Toyworld segmenter's leaf "
+                        "probabilities of each image (judges what is drawn where)")
+    p.add_argument("--rate-weight", type=float, default=d.rate_weight,
+                   help="weight of the leaf-rate controller: pushes each leaf's drawn rate "
+                        "(as the frozen segmenter sees it) towards the real scenes' rate "
+                        "(0 = off)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--max-minutes", type=float, default=0.0,
