@@ -211,7 +211,7 @@ class ToyworldDiscriminator(nn.Module):
         logits: torch.Tensor = self._segnet[0](x)
         return logits.softmax(dim=1)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)  # .to(device) / .half() also move the attached segmenter
         for net in self._segnet:
             net._apply(fn, recurse)
