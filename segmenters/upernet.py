@@ -19,9 +19,11 @@ pixel: the object argmax, the material argmax (index 0 = none, no label), and fo
 object with parts (or only ``part_objects``), the part argmax where that object won. A part
 named like an object counts as that object (GAN Dissection merges e.g. ``door``). Channels:
 objects, materials, parts; a name used by two categories gets a ``-material`` / ``-part``
-suffix. Deviations: the PPM pools with ``adaptive_avg_pool2d`` (unifiedparsing) where GAN
-Dissection's copy used PrRoIPool (equal when the pooling grid divides the map); the scene head
-is loaded but not run.
+suffix. The pyramid pooling module pools with PrRoIPool over the whole map, as GAN Dissection
+and unifiedparsing do (:mod:`segmenters.prroi_pool`, exact, in plain torch; it is *not* average
+pooling: bins reaching past the last feature cell blend with zeros, so an 8x8 map of ones pools
+to ~0.88); ``ppm_pooling="average"`` selects adaptive average pooling instead (the
+semantic-segmentation-pytorch variant). The scene head is loaded but not run.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ from torch import nn
 
 from models.safe_load import CheckpointError, load_checkpoint, load_into, unwrap_state_dict
 
+from .prroi_pool import prroi_pool_whole
+
 from .base import Segmenter
 
 CAFFE_BGR_MEAN = (102.9801, 115.9465, 122.7717)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("caffe_bgr", "imagenet")
+#: Pyramid pooling: the reference's PrRoIPool, or adaptive average pooling.
+PPM_POOLINGS = ("prroi", "average")
 
 
 def _cbr(c_in: int, c_out: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -114,6 +120,8 @@ class UPerNetDecoder(nn.Module):
                  pool_scales: Sequence[int] = (1, 2, 3, 6)) -> None:
         super().__init__()
         self.pool_scales = tuple(pool_scales)
+        #: ``"prroi"`` (the reference's PrRoIPool) or ``"average"`` (adaptive average pooling).
+        self.ppm_pooling = "prroi"
         fc = widths[-1]
         self.ppm_conv = nn.ModuleList(_cbr(fc, ppm_dim, 1) for _ in pool_scales)
         self.ppm_last_conv = _cbr(fc + len(pool_scales) * ppm_dim, fpn_dim)
@@ -131,7 +139,9 @@ class UPerNetDecoder(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         c5 = feats[-1]
         size = c5.shape[2:]
-        ppm = [c5] + [conv(F.interpolate(F.adaptive_avg_pool2d(c5, s), size, mode="bilinear",
+        pool = ((lambda x, s: prroi_pool_whole(x, s, s)) if self.ppm_pooling == "prroi"
+                else F.adaptive_avg_pool2d)
+        ppm = [c5] + [conv(F.interpolate(pool(c5, s), size, mode="bilinear",
                                          align_corners=False))
                       for s, conv in zip(self.pool_scales, self.ppm_conv, strict=True)]
         f = self.ppm_last_conv(torch.cat(ppm, 1))
@@ -208,14 +218,19 @@ class UPerNetSegmenter(Segmenter):
 
     ``sizes``: square input sizes whose predictions are summed (GAN Dissection: ``(256,)``);
     ``part_objects``: owners whose parts are predicted (None = all; GAN Dissection used
-    ``("sky", "building", "person")``); ``downsample``: output size is the input's // this.
+    ``("sky", "building", "person")``; parts only excluded owners have are not labels);
+    ``downsample``: output size is the input's // this; ``ppm_pooling``: ``"prroi"`` (the
+    reference's PrRoIPool, default) or ``"average"``.
     """
 
     def __init__(self, model: UPerNet, labeldata: Mapping[str, Any],
                  device: str | torch.device = "cpu", batch_size: int = 16,
                  sizes: Sequence[int] = (256,), part_objects: Sequence[str] | None = None,
-                 normalization: str = "caffe_bgr", downsample: int = 1) -> None:
+                 normalization: str = "caffe_bgr", downsample: int = 1,
+                 ppm_pooling: str = "prroi") -> None:
         super().__init__(device, batch_size)
+        if ppm_pooling not in PPM_POOLINGS:
+            raise ValueError(f"ppm_pooling must be one of {PPM_POOLINGS}, got {ppm_pooling!r}")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got "
                              f"{normalization!r}")
@@ -224,6 +239,7 @@ class UPerNetSegmenter(Segmenter):
                              f"got {list(sizes)}, {downsample}")
         lab = _check_labeldata(labeldata)
         self.model = model.eval().to(self.device)
+        self.model.decoder.ppm_pooling = ppm_pooling
         self.sizes, self.normalization = [int(s) for s in sizes], normalization
         self.downsample = int(downsample)
         objects, materials = lab["object"], lab["material"]
@@ -257,6 +273,9 @@ class UPerNetSegmenter(Segmenter):
         start = 0
         for owner in owners:
             names = lab["object_part"][owner]
+            if part_objects is not None and owner not in part_objects:
+                start += len(names)  # never predicted: its parts get no label channel
+                continue
             mapping = []
             for p in names:
                 if p in ("-", "") or p is None:
@@ -269,8 +288,7 @@ class UPerNetSegmenter(Segmenter):
                         labels.append(f"{p}-part" if p in labels else str(p))
                         cats.append("part")
                     mapping.append(part_channel[p])
-            if part_objects is None or owner in part_objects:
-                self._owners.append((obj_num[owner], start, len(names), torch.tensor(mapping)))
+            self._owners.append((obj_num[owner], start, len(names), torch.tensor(mapping)))
             start += len(names)
         self.labels, self.categories = labels, cats
 
@@ -413,5 +431,5 @@ def load_segmenter(device: str | torch.device = "cpu", path: str | Path | None =
     return UPerNetSegmenter(model, labeldata, device=device, **kwargs)
 
 
-__all__ = ["NORMALIZATIONS", "UPerNet", "UPerNetSegmenter", "from_state_dicts",
+__all__ = ["NORMALIZATIONS", "PPM_POOLINGS", "UPerNet", "UPerNetSegmenter", "from_state_dicts",
            "load_segmenter"]

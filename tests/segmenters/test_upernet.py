@@ -137,7 +137,13 @@ def test_part_objects_sizes_and_downsample(tmp_path: Path) -> None:
     full = UPerNetSegmenter(m, LABELS, sizes=(64,))
     x = _images(2)
     a, b = only_people.segment(x), full.segment(x)
-    assert torch.equal(a[:, 9:], b[:, 9:]) and not a[:, 8].any()
+    # 'window' belongs only to building, whose parts are not predicted: no label that is never set
+    assert "window" not in only_people.labels and len(only_people.labels) == 10
+    assert only_people.labels == [n for n in full.labels if n != "window"]
+    keep = [0, 1, 2, 4, 5, 6, 7]  # 'door' (3) also gets building's door part only in `full`
+    assert torch.equal(a[:, 8:], b[:, 9:]) and torch.equal(a[:, keep], b[:, keep])
+    assert not (a[:, 3] & ~b[:, 3]).any()
+    assert a[:, 8:].any()  # head/arm are set
     two = UPerNetSegmenter(m, LABELS, sizes=(64, 32), downsample=2)
     p = two.probabilities(x)
     assert p["object"].shape == (2, 6, 32, 32)
@@ -201,3 +207,37 @@ def test_num_batches_tracked_optional_and_epoch_pick(tmp_path: Path) -> None:
                tmp_path / "encoder_epoch_7.pth")
     with pytest.raises(CheckpointError, match="encoder_epoch_7.pth.*not a unifiedparsing"):
         load_segmenter(path=tmp_path)
+
+
+def test_pyramid_pooling_is_prroi_pool() -> None:
+    """The PPM pools with PrRoIPool over the RoI (0, 0, W, H) as GAN Dissection does; the
+    'average' option is adaptive average pooling. The two differ even where the grid divides
+    the map."""
+    from segmenters.prroi_pool import prroi_pool2d
+
+    m = _model(seed=3)
+    x = _images(2, 64)
+    feats = m.encoder(UPerNetSegmenter(m, LABELS)._normalize(x))
+    dec = m.decoder
+    c5 = feats[-1]
+    rois = torch.tensor([[i, 0.0, 0.0, c5.shape[3], c5.shape[2]] for i in range(2)])
+    seen: list[torch.Tensor] = []
+    hook = dec.ppm_conv[1].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    try:
+        dec.ppm_pooling = "prroi"
+        dec(feats)
+        dec.ppm_pooling = "average"
+        dec(feats)
+    finally:
+        hook.remove()
+    s = dec.pool_scales[1]
+    size = tuple(c5.shape[2:])
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(t, size, mode="bilinear", align_corners=False)
+
+    torch.testing.assert_close(seen[0], up(prroi_pool2d(c5, rois, s, s)))
+    torch.testing.assert_close(seen[1], up(torch.nn.functional.adaptive_avg_pool2d(c5, s)))
+    assert not torch.allclose(seen[0], seen[1])
+    with pytest.raises(ValueError, match="ppm_pooling"):
+        UPerNetSegmenter(m, LABELS, ppm_pooling="max")
