@@ -6,10 +6,13 @@ Loads a ``SegformerForSemanticSegmentation`` from a local folder in ``save_pretr
 ``nvidia/segformer-b0-finetuned-ade-512-512`` (needs internet or the local Hugging Face cache).
 ``transformers`` is imported only when a SegFormer is built (``pip install transformers``).
 
-Preprocessing is done here in torch (no torchvision, no PIL), as the SegFormer image processor
-does it: images in [-1, 1] become 0..255 values times ``rescale_factor`` (1/255), are resized to
-the processor's ``size`` (default 512x512, aspect ratio not kept) with PIL-style antialiased
-bilinear resampling, and normalised with ``image_mean`` / ``image_std`` (ImageNet by default).
+Preprocessing reproduces the SegFormer image processor exactly (``uint8=True``, the default):
+images in [-1, 1] are rounded to 8-bit images (what the processor is given), resized with PIL
+to the processor's ``size`` (default 512x512, aspect ratio not kept; PIL's bilinear resampling
+works in 8 bits and rounds), multiplied by ``rescale_factor`` (1/255) and normalised with
+``image_mean`` / ``image_std`` (ImageNet by default). ``uint8=False`` resizes the float image in
+torch instead (antialiased, on the images' device; no 8-bit rounding: labels may then differ
+from the processor's on a few pixels).
 The logits (stride 4) are bilinearly upsampled (``align_corners=False``) to the output size
 (the input's, divided by ``downsample``) and arg-maxed: every pixel carries exactly one label.
 Labels come from ``config.id2label``; categories are all ``"object"`` unless ``categories=`` is
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +73,8 @@ class Preprocessing:
     ``size``: (height, width) to resize to, None = keep the input size; ``scale``: the value
     of white after rescaling (255 * ``rescale_factor`` = 1, or 255 without rescaling), black is
     0; ``mean`` / ``std``: per-channel normalisation after that; ``resample``: torch
-    interpolation mode (antialiased when not nearest).
+    interpolation mode (antialiased when not nearest); ``uint8``: round images to 8 bits and
+    resize them with PIL as the image processor does (exact), else resize floats in torch.
     """
 
     size: tuple[int, int] | None = DEFAULT_SIZE
@@ -77,6 +82,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     scale: float = 1.0
     resample: str = "bilinear"
+    uint8: bool = True
 
     def __post_init__(self) -> None:
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
@@ -114,6 +120,23 @@ class Preprocessing:
                              f"supported PIL codes: {_RESAMPLE}")
         return cls(size=size, mean=_three(mean), std=_three(std), scale=scale,
                    resample=_RESAMPLE[code])
+
+
+def _pil_resized(images: torch.Tensor, size: tuple[int, int] | None,
+                 resample: str) -> torch.Tensor:
+    """Images in [-1, 1] as rounded 8-bit images, resized by PIL to ``size`` (height, width)
+    with the PIL filter of ``resample``: uint8 ``[N, 3, h, w]`` on the images' device."""
+    from PIL import Image
+
+    u8 = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if size is None or tuple(u8.shape[2:]) == tuple(size):
+        return u8
+    code = {v: k for k, v in _RESAMPLE.items()}[resample]
+    out = []
+    for img in u8.permute(0, 2, 3, 1).cpu().numpy():
+        resized = Image.fromarray(img).resize((size[1], size[0]), resample=code)
+        out.append(torch.from_numpy(np.asarray(resized).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).to(images.device)
 
 
 def _three(values: Sequence[Any]) -> tuple[float, float, float]:
@@ -179,8 +202,11 @@ class SegFormerSegmenter(Segmenter):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` ``[N, 3, h, w]`` (float32) for validated images in [-1, 1]."""
         p = self.preprocessing
-        x = (images.float() + 1) * (0.5 * p.scale)
-        if p.size is not None and tuple(x.shape[2:]) != p.size:
+        if p.uint8:
+            x = _pil_resized(images, p.size, p.resample).float() * (p.scale / 255)
+        else:
+            x = (images.float() + 1) * (0.5 * p.scale)
+        if not p.uint8 and p.size is not None and tuple(x.shape[2:]) != p.size:
             if p.resample == "nearest-exact":
                 x = F.interpolate(x, size=p.size, mode="nearest-exact")
             else:  # antialias: PIL's filter support widens when shrinking, as the processor
