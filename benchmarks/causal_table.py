@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gandissect.fingerprint import fingerprint
+from gandissect.common.fingerprint import fingerprint
 
 T0 = time.time()
 

@@ -24,8 +24,8 @@ from .causal import (
     random_units,
     unit_statistics,
 )
+from .common.hooks import Trace, run_to_layers
 from .dissect import DissectConfig, DissectMismatchError, dissect
-from .hooks import Trace, run_to_layers
 from .insertion import InsertionHeatmap, insertion_heatmap
 from .intervene import (
     Edit,

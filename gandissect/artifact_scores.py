@@ -48,7 +48,7 @@ import torch
 
 from models.base import Generator
 
-from .hooks import Trace
+from .common.hooks import Trace
 from .intervene import Edit
 from .quality import sqrtm_psd
 from .realism import DiscriminatorMeasure, FIDMeasure

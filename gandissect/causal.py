@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from models.base import Generator
 from segmenters.base import Segmenter
 
-from .hooks import Trace, check_feature_map
+from .common.hooks import Trace, check_feature_map
 from .intervene import Edit, intervene, layer_shape, resize_mask
 
 Mode = Literal["ablate", "insert"]

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .imaging import label_palette, make_grid, masks_to_label_image, save_png, to_uint8
+from .common.imaging import label_palette, make_grid, masks_to_label_image, save_png, to_uint8
+from .common.specs import split_spec
 
 #: Modules that add subcommands (each exposes ``register(subparsers)``).
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -26,22 +27,6 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli_app",
     "gandissect.cli_artifacts",
 )
-
-
-def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name"`` -> ``(name, {})``; ``"name:path"`` -> ``(name, {"path": path})``.
-
-    The path may be a local file or folder, or a hub id (``segformer:nvidia/segformer-b0-...``).
-
-    >>> split_spec("toyworld")
-    ('toyworld', {})
-    >>> split_spec("segformer:/data/segformer-b0")
-    ('segformer', {'path': '/data/segformer-b0'})
-    """
-    name, sep, path = spec.partition(":")
-    if sep and not path:
-        raise ValueError(f"{spec!r} names no path after ':'; use NAME or NAME:PATH")
-    return name, ({"path": path} if sep else {})
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:

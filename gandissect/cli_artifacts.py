@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     import segmenters
 
     from .artifacts import artifact_scores, plot_removal, removal_edit, removal_study
-    from .imaging import make_grid, save_png, to_uint8
+    from .common.imaging import make_grid, save_png, to_uint8
     from .intervene import intervene
     from .realism import (
         DiscriminatorMeasure,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .causal import causal_effect, random_units, unit_statistics
-from .imaging import make_grid, save_png, to_uint8
+from .common.imaging import make_grid, save_png, to_uint8
 from .intervene import Edit, intervene, layer_shape
 from .ranking import (
     UnitRanking,

@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .fingerprint import fingerprint
-from .hooks import Trace
+from .common.fingerprint import fingerprint
+from .common.hooks import Trace
 from .layer_stats import _finish_iqr, _finish_quantile, _first_bad, _LayerState
 from .results import LayerResult, atomic_write_bytes, load_results, save_results
 from .stats import encode_rows
@@ -92,8 +92,8 @@ class DissectConfig:
     min_iqr: float = 0.01
     model_name: str = ""
     segmenter_name: str = ""
-    #: :func:`gandissect.fingerprint.fingerprint` of generator and segmenter: a folder's run is
-    #: never resumed or reused with other weights
+    #: :func:`gandissect.common.fingerprint.fingerprint` of generator and segmenter: a folder's
+    #: run is never resumed or reused with other weights
     weights: str = ""
 
     def check(self) -> None:

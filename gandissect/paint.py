@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .causal import measure_concepts, unit_statistics
+from .common.fingerprint import fingerprint
+from .common.hooks import Trace
+from .common.imaging import to_uint8
 from .dissect import dissect
-from .fingerprint import fingerprint
-from .hooks import Trace
-from .imaging import to_uint8
 from .intervene import Edit, intervene, layer_shape
 from .ranking import UnitRanking, rank_by_iou
 
@@ -488,7 +488,7 @@ def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | No
     import models
     import segmenters
 
-    from .cli import split_spec
+    from .common.specs import split_spec
 
     model_name, model_kw = split_spec(model)
     seg_name, seg_kw = split_spec(segmenter)

@@ -93,7 +93,7 @@ def plot_scores(scores: Sequence[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gandissect.imaging import save_figure
+    from gandissect.common.imaging import save_figure
 
     runs: dict[str, list[dict[str, Any]]] = {}
     for s in scores:

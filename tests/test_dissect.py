@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gandissect.common.hooks import Trace
 from gandissect.dissect import DissectMismatchError, brute_force, dissect
-from gandissect.hooks import Trace
 from gandissect.results import LayerResult, load_results
 from models.base import Generator
 from segmenters.base import Segmenter

@@ -4,7 +4,7 @@ import torch
 
 import models
 import segmenters
-from gandissect.fingerprint import fingerprint
+from gandissect.common.fingerprint import fingerprint
 
 
 def test_fingerprint_tracks_weights_of_modules_and_wrappers() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gandissect.hooks import Trace, run_to_layers
+from gandissect.common.hooks import Trace, run_to_layers
 
 
 class Net(nn.Module):

@@ -11,8 +11,8 @@ import torch
 
 import segmenters
 from gandissect import paint
+from gandissect.common.fingerprint import fingerprint
 from gandissect.dissect import dissect
-from gandissect.fingerprint import fingerprint
 from gandissect.paint import (
     BrushSet,
     EmptyStrokeError,
