@@ -173,6 +173,14 @@ def _state_dict_problems(module: nn.Module, state_dict: Mapping[str, torch.Tenso
                   for k in shared if state_dict[k].dtype != own[k].dtype]
         if dtypes:
             problems.append(f"mismatched dtypes: {_listing(dtypes, 5, '; ')}")
+    else:  # float16 -> float32 is a cast; integers where weights are floats are not weights
+        ints = [f"{k}: checkpoint {state_dict[k].dtype} vs model {own[k].dtype}"
+                for k in shared if own[k].is_floating_point()
+                and not (state_dict[k].is_floating_point() or state_dict[k].is_complex())]
+        if ints:
+            problems.append(f"integer or bool tensors where the model has float weights "
+                            f"(a corrupt or wrongly converted checkpoint): "
+                            f"{_listing(ints, 5, '; ')}")
     nonfinite = [k for k, v in state_dict.items()
                  if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
@@ -187,8 +195,9 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: s
 
     Checked: every key of ``module.state_dict()`` is present except those in ``optional``
     (which keep their initial values), no extra key, equal shapes, equal dtypes (only with
-    ``exact_dtypes``; otherwise loading casts, e.g. float16 files into float32 models), no
-    NaN or inf in floating-point tensors. Otherwise raises :class:`CheckpointError` naming the
+    ``exact_dtypes``; otherwise loading casts, e.g. float16 files into float32 models, but
+    integer or bool tensors in place of float weights are refused), no NaN or inf in
+    floating-point tensors. Otherwise raises :class:`CheckpointError` naming the
     file ``path`` (when given), ``what`` (e.g. ``"ProGAN 256x256"``), every kind of problem
     found with the keys concerned, and ``hint``: what to do about it.
     """

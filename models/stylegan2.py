@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -324,11 +325,28 @@ def _count(sd: Mapping[str, torch.Tensor], fmt: str, start: int) -> int:
     return n - start
 
 
+#: Seed of the ``noises.noise_N`` buffers regenerated for checkpoints that lack them.
+MISSING_NOISE_SEED = 0
+
+
+def regenerate_noise(gen: StyleGAN2, keys: Sequence[str]) -> None:
+    """Refill the ``noises.noise_N`` buffers named in ``keys`` deterministically: buffer N is
+    standard normal from ``torch.Generator().manual_seed(MISSING_NOISE_SEED + N)`` (independent
+    of which others are missing)."""
+    for key in keys:
+        i = int(key.rsplit("_", 1)[1])
+        buf = getattr(gen.noises, f"noise_{i}")
+        g = torch.Generator().manual_seed(MISSING_NOISE_SEED + i)
+        buf.copy_(torch.randn(buf.shape, generator=g))
+
+
 def from_state_dict(obj: Any, **kwargs: Any) -> StyleGAN2:
     """A :class:`StyleGAN2` from a loaded rosinality checkpoint ``obj``: a ``g_ema``
     state_dict, or a dict holding one under ``"g_ema"`` (optionally with ``"latent_avg"``;
     a flat dict may also carry a ``latent_avg`` tensor). Architecture is read from the shapes;
-    ``kwargs`` (``lr_mlp``, ``truncation``, ``noise_mode``, ``noise_seed``) go to the model."""
+    ``kwargs`` (``lr_mlp``, ``truncation``, ``noise_mode``, ``noise_seed``) go to the model.
+    Missing ``noises.noise_N`` buffers (some converters drop them) are regenerated with
+    :func:`regenerate_noise` and a warning."""
     latent_avg = obj.get("latent_avg") if isinstance(obj, Mapping) else None
     sd = dict(unwrap_state_dict(
         {k: v for k, v in obj.items() if k != "latent_avg"} if isinstance(obj, Mapping) else obj,
@@ -348,12 +366,21 @@ def from_state_dict(obj: Any, **kwargs: Any) -> StyleGAN2:
     truncation = float(kwargs.pop("truncation", 1.0))
     gen = StyleGAN2(2 ** (n_rgb + 2), style_dim, n_mlp, channels, **kwargs)
     kernels = [k for k in gen.state_dict() if k.endswith(".kernel")]
+    noises = [k for k in gen.state_dict() if k.startswith("noises.noise_")]
+    missing_noise = [k for k in noises if k not in sd]
     load_into(gen, sd, f"StyleGAN2 {gen.resolution}px (style_dim {style_dim}, n_mlp {n_mlp}, "
-              f"channels {channels})", optional=kernels)
+              f"channels {channels})", optional=kernels + noises)
+    if missing_noise:
+        regenerate_noise(gen, missing_noise)
+        warnings.warn(f"the checkpoint has no {', '.join(missing_noise)} buffers (used by "
+                      f"noise_mode='const'); they were regenerated from seed "
+                      f"{MISSING_NOISE_SEED} (standard normal, torch.Generator), so const-noise "
+                      "images differ in fine detail from the original run's", stacklevel=2)
     if isinstance(latent_avg, torch.Tensor):
         gen.set_mean_latent(latent_avg)
     gen.set_truncation(truncation)
     return gen
 
 
-__all__ = ["NOISE_MODES", "StyleGAN2", "from_state_dict", "upfirdn2d"]
+__all__ = ["MISSING_NOISE_SEED", "NOISE_MODES", "StyleGAN2", "from_state_dict",
+           "regenerate_noise", "upfirdn2d"]

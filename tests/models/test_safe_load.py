@@ -192,3 +192,22 @@ def test_float16_checkpoints_cast_unless_exact_dtypes() -> None:
         load_into(net, half, "toy net", exact_dtypes=True)
     load_into(net, half, "toy net")
     assert net[0].weight.dtype == torch.float32 and (net[0].weight == 0.25).all()
+
+
+def test_integer_tensors_in_place_of_float_weights_are_refused() -> None:
+    """ProGAN, StyleGAN2 and BigGAN (all through load_into) refuse integer or bool tensors
+    where the model has float weights, instead of loading them silently."""
+    from models import biggan, progan, stylegan2
+
+    cases = [
+        (progan.ProGAN([8, 8, 4], seed=0).state_dict(), progan.from_state_dict),
+        (stylegan2.StyleGAN2(16, 8, 1, [8, 8, 4]).state_dict(), stylegan2.from_state_dict),
+        (biggan.BigGAN([(False, 16, 8), (True, 8, 4), (False, 4, 2), (True, 2, 1)], channel_width=4,
+                       z_dim=8, num_classes=10, attention=2).state_dict(), biggan.from_state_dict),
+    ]
+    for sd, load in cases:
+        key = next(k for k, v in sd.items() if v.is_floating_point() and v.dim() >= 2)
+        bad = dict(sd, **{key: sd[key].round().to(torch.int64)})
+        with pytest.raises(CheckpointError, match=r"integer or bool tensors .*" + key):
+            load(bad)
+        load(dict(sd, **{key: sd[key].half()}))  # float16 still casts (shipped weights)

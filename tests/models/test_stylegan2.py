@@ -179,8 +179,6 @@ def test_checkpoint_formats(tmp_path: Path, fmt: str) -> None:
 
 def test_clear_errors() -> None:
     sd = _tiny().state_dict()
-    with pytest.raises(CheckpointError, match=r"missing keys: noises\.noise_3"):
-        from_state_dict({k: v for k, v in sd.items() if k != "noises.noise_3"})
     with pytest.raises(CheckpointError, match=r"unexpected keys: convs\.0\.bias"):
         from_state_dict(dict(sd, **{"convs.0.bias": torch.zeros(8)}))
     bad = dict(sd, **{"convs.1.conv.weight": torch.zeros(1, 8, 8, 1, 1)})
@@ -191,6 +189,27 @@ def test_clear_errors() -> None:
     no_kernels = {k: v for k, v in sd.items() if not k.endswith(".kernel")}
     z = _tiny().sample_latents(1, seed=0)
     assert torch.equal(from_state_dict(no_kernels)(z), _tiny()(z))  # constant blur kernels
+
+
+def test_missing_noise_buffers_regenerated_with_warning() -> None:
+    """rosinality checkpoints without noises.noise_N load (as other loaders accept them):
+    the missing buffers come from a documented seed, the rest from the file."""
+    from models.stylegan2 import MISSING_NOISE_SEED
+
+    sd = _tiny(seed=2).state_dict()
+    partial = {k: v for k, v in sd.items() if k != "noises.noise_3"}
+    with pytest.warns(UserWarning, match=r"no noises\.noise_3 buffers.*seed 0"):
+        g = from_state_dict(partial)
+    want = torch.randn(sd["noises.noise_3"].shape,
+                       generator=torch.Generator().manual_seed(MISSING_NOISE_SEED + 3))
+    assert torch.equal(g.noises.noise_3, want)
+    assert torch.equal(g.noises.noise_2, sd["noises.noise_2"])
+    none = {k: v for k, v in sd.items() if not k.startswith("noises.")}
+    with pytest.warns(UserWarning, match="regenerated"):
+        a, b = from_state_dict(none), from_state_dict(none)
+    assert torch.equal(a.noises.noise_3, want)
+    z = a.sample_latents(2, seed=0)
+    assert torch.equal(a(z), b(z)) and torch.isfinite(a(z)).all()  # deterministic
 
 
 def test_tiny_dissection_and_ablation_end_to_end() -> None:
