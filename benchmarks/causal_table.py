@@ -162,7 +162,7 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
 
 def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
                  ) -> dict[str, Any]:
-    from gandissect.dissect import dissect
+    from gandissect.dissection.engine import dissect
     from gandissect.ranking import rank_by_iou
 
     folder = cache / f"dissect_{layer}_n{args.dissect_samples}_s{args.seed}"

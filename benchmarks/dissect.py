@@ -67,7 +67,7 @@ def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, work
                 ) -> tuple[float, float, dict[str, Any]]:
     """Wall and (parent) process-CPU time of ``dissect()`` over ``samples`` samples, and its
     results."""
-    from gandissect.dissect import dissect
+    from gandissect.dissection.engine import dissect
     t0, c0 = time.perf_counter(), time.process_time()
     res = dissect(gen, seg, args.layer, samples=samples, seed=args.seed,
                   batch_size=args.batch_size, threshold=args.threshold, workers=workers,

@@ -25,7 +25,10 @@ from .causal import (
     unit_statistics,
 )
 from .common.hooks import Trace, run_to_layers
-from .dissect import DissectConfig, DissectMismatchError, dissect
+from .dissection.config import DissectConfig, DissectMismatchError
+from .dissection.engine import dissect
+from .dissection.report import write_report
+from .dissection.results import LayerResult, load_results, save_results
 from .insertion import InsertionHeatmap, insertion_heatmap
 from .intervene import (
     Edit,
@@ -49,8 +52,6 @@ from .ranking import (
     single_unit_ace,
 )
 from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
-from .report import write_report
-from .results import LayerResult, load_results, save_results
 
 __version__ = "0.1.0"
 

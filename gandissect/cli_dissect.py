@@ -71,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     from gandissect.cli import load_model_and_segmenter
-    from gandissect.dissect import DissectMismatchError, dissect
-    from gandissect.report import write_report
+    from gandissect.dissection.engine import DissectMismatchError, dissect
+    from gandissect.dissection.report import write_report
 
     if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
         raise ValueError(f"need --samples, --batch-size and --workers >= 1, got {args.samples}, "

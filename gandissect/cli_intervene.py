@@ -83,7 +83,7 @@ def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int) ->
         if not args.dissection:
             raise ValueError("--rank-by iou needs --dissection PATH (the output folder of "
                              "`gandissect dissect`); or use --rank-by ace")
-        from .results import load_results
+        from .dissection.results import load_results
 
         results = load_results(args.dissection)
         if args.layer not in results:

@@ -38,7 +38,7 @@ from .causal import measure_concepts, unit_statistics
 from .common.fingerprint import fingerprint
 from .common.hooks import Trace
 from .common.imaging import to_uint8
-from .dissect import dissect
+from .dissection.engine import dissect
 from .intervene import Edit, intervene, layer_shape
 from .ranking import UnitRanking, rank_by_iou
 

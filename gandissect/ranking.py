@@ -1,6 +1,7 @@
 """Rank a layer's units by how much they cause a concept, and sweep effects over the top k.
 
-* :func:`rank_by_iou` - from a dissection result (:class:`gandissect.results.LayerResult`);
+* :func:`rank_by_iou` - from a dissection result
+  (:class:`gandissect.dissection.results.LayerResult`);
 * :func:`single_unit_ace` - each unit ablated alone, ranked by the drop of the concept;
 * :func:`optimize_alpha` - per-unit ablation (or insertion) strengths ``alpha`` learned by
   gradient descent through the segmenter's soft scores with an L1 sparsity penalty (ICLR 2019);

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandissect.common.hooks import Trace
-from gandissect.dissect import DissectMismatchError, brute_force, dissect
-from gandissect.results import LayerResult, load_results
+from gandissect.dissection.engine import DissectMismatchError, brute_force, dissect
+from gandissect.dissection.results import LayerResult, load_results
 from models.base import Generator
 from segmenters.base import Segmenter
 
@@ -169,7 +169,7 @@ def test_batch_size_does_not_change_result() -> None:
 def test_per_pixel_rows_path_equals_coded_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segmenters with too many concepts for codes (C + K > 62) count per-pixel rows."""
     import importlib
-    mod = importlib.import_module("gandissect.dissect")
+    mod = importlib.import_module("gandissect.dissection.engine")
     gen, seg = TinyGenerator(), TinySegmenter()
     coded = dissect(gen, seg, "b", samples=40, seed=8, batch_size=16,
                     category_conditioned=True)["b"]
@@ -190,7 +190,7 @@ def test_too_high_pass1_guess_is_redone_and_changes_nothing(
     pass-1 round at valid bounds only, and the result equals the default run's exactly (also
     when killed inside that round and resumed)."""
     import importlib
-    mod = importlib.import_module("gandissect.dissect")
+    mod = importlib.import_module("gandissect.dissection.engine")
     gen, seg = TinyGenerator(), TinySegmenter()
     default = dissect(gen, seg, ["a", "b"], samples=60, seed=6, batch_size=16)
     rounds: list[int] = []
@@ -293,7 +293,7 @@ def test_bad_inputs_have_clear_errors() -> None:
 
 
 def test_first_bad_finds_the_first_sample_with_nan_or_inf() -> None:
-    from gandissect.dissect import _first_bad
+    from gandissect.dissection.layer_stats import _first_bad
     a = torch.randn(40, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     assert _first_bad(a) is None
     assert _first_bad(a[:0]) is None

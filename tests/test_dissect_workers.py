@@ -22,8 +22,8 @@ import torch
 from test_dissect import Interrupt, TinyGenerator, TinySegmenter
 
 import segmenters
-from gandissect.dissect import _gaps, _load_progress, _split, dissect
-from gandissect.results import LayerResult
+from gandissect.dissection.engine import _gaps, _load_progress, _split, dissect
+from gandissect.dissection.results import LayerResult
 
 torch.set_num_threads(1)
 
@@ -91,7 +91,7 @@ def test_guess_failing_in_workers_is_redone_identically(
     gen, seg = ToyworldGenerator().eval(), segmenters.load("color")
     kw: dict[str, Any] = dict(samples=24, seed=2, batch_size=8, seg_resolution=32)
     default = dissect(gen, seg, ["layer3", "layer5"], **kw)
-    mod = importlib.import_module("gandissect.dissect")
+    mod = importlib.import_module("gandissect.dissection.engine")
     monkeypatch.setattr(mod, "FIRST_GUESS_FACTOR", 0.05)
     monkeypatch.setattr(mod, "GUESS_FACTOR", 0.05)
     calls: list[int] = []
@@ -216,7 +216,7 @@ def test_resume_from_chunks_finished_out_of_order(tmp_path: Path) -> None:
 def test_cli_workers(tmp_path: Path, gen: Any, seg: Any,
                      capsys: pytest.CaptureFixture[str]) -> None:
     from gandissect.cli import main
-    from gandissect.results import load_results
+    from gandissect.dissection.results import load_results
     args = ["dissect", "--model", "planted", "--segmenter", "planted", "--layer", "layout",
             "--samples", "24", "--batch-size", "8", "--seed", "3", "--no-report", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "zero"), "--workers", "0"]) == 2

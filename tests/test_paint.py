@@ -12,7 +12,7 @@ import torch
 import segmenters
 from gandissect import paint
 from gandissect.common.fingerprint import fingerprint
-from gandissect.dissect import dissect
+from gandissect.dissection.engine import dissect
 from gandissect.paint import (
     BrushSet,
     EmptyStrokeError,

@@ -12,9 +12,9 @@ import torch
 from test_dissect import TinyGenerator, TinySegmenter
 
 from gandissect.cli_dissect import register
-from gandissect.dissect import dissect
-from gandissect.report import _outline, write_report
-from gandissect.results import load_results
+from gandissect.dissection.engine import dissect
+from gandissect.dissection.report import _outline, write_report
+from gandissect.dissection.results import load_results
 
 torch.set_num_threads(1)
 

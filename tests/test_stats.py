@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gandissect.quantile import UnitHistogram
-from gandissect.stats import ConceptHistogram, ThresholdCounts, TopK, encode_rows
-from gandissect.upsample import Upsampler
+from gandissect.dissection.quantile import UnitHistogram
+from gandissect.dissection.stats import ConceptHistogram, ThresholdCounts, TopK, encode_rows
+from gandissect.dissection.upsample import Upsampler
 
 torch.set_num_threads(1)
 

@@ -59,54 +59,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .common.fingerprint import fingerprint
-from .common.hooks import Trace
+from ..common.fingerprint import fingerprint
+from ..common.hooks import Trace
+from .config import DissectConfig, DissectMismatchError
 from .layer_stats import _finish_iqr, _finish_quantile, _first_bad, _LayerState
 from .results import LayerResult, atomic_write_bytes, load_results, save_results
 from .stats import encode_rows
 
 __all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
-
-
-class DissectMismatchError(RuntimeError):
-    """An output folder holds a run made with other arguments."""
-
-
-@dataclass(frozen=True)
-class DissectConfig:
-    """Everything that determines a dissection's result (checked when resuming)."""
-
-    layers: tuple[str, ...]
-    samples: int
-    seed: int
-    quantile: float = 0.01
-    batch_size: int = 32
-    seg_resolution: int | None = None
-    threshold: str = "quantile"
-    category_conditioned: bool = False
-    iou_threshold: float = 0.04
-    topk: int = 12
-    bins: int = 2048
-    fine_log2: int = 8
-    iqr_bins: int = 256
-    min_iqr: float = 0.01
-    model_name: str = ""
-    segmenter_name: str = ""
-    #: :func:`gandissect.common.fingerprint.fingerprint` of generator and segmenter: a folder's
-    #: run is never resumed or reused with other weights
-    weights: str = ""
-
-    def check(self) -> None:
-        if not self.layers:
-            raise ValueError("give at least one layer to dissect")
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 < self.quantile < 1.0:
-            raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
-        if self.threshold not in ("quantile", "iqr"):
-            raise ValueError(f"threshold must be 'quantile' or 'iqr', got {self.threshold!r}")
 
 
 #: Pass-1 cut guesses (see :meth:`_LayerState.pass1`): bin only values above the level with

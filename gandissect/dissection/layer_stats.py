@@ -1,19 +1,15 @@
 """Statistics of one dissected layer: pass-1 histogram, top-k and cut guesses, pass-2 exact
 counts, merging of worker chunks, and the final thresholds and IoU (see
-:mod:`gandissect.dissect` for the algorithm)."""
+:mod:`gandissect.dissection.engine` for the algorithm)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from .config import DissectConfig
 from .quantile import UnitHistogram
 from .stats import ConceptHistogram, ThresholdCounts, TopK, suffix_sum
 from .upsample import Upsampler
-
-if TYPE_CHECKING:
-    from .dissect import DissectConfig
 
 
 def _first_bad(acts: torch.Tensor) -> int | None:
@@ -36,8 +32,8 @@ class _LayerState:
         self.cfg, self.units, self.src, self.dst = cfg, units, src, dst
         self.device, self.concepts, self.categories = device, concepts, categories
         self.q = cfg.quantile
-        #: (first-batch, later) cut guess factors (``gandissect.dissect.FIRST_GUESS_FACTOR``,
-        #: ``GUESS_FACTOR``; a worker gets the parent's)
+        #: (first-batch, later) cut guess factors (``FIRST_GUESS_FACTOR``, ``GUESS_FACTOR`` of
+        #: :mod:`gandissect.dissection.engine`; a worker gets the parent's)
         self.guess = guess
         self.up = Upsampler(src, dst, device)
         self.hist = UnitHistogram(units, cfg.bins, device)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .common.hooks import Trace
-from .common.imaging import to_uint8
+from ..common.hooks import Trace
+from ..common.imaging import to_uint8
 from .results import LayerResult, atomic_write_bytes
 from .upsample import Upsampler
 

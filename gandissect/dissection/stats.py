@@ -2,7 +2,7 @@
 
 Every class speaks one contract: ``add...(batch)``, ``state_dict()``, ``load_state_dict(state)``
 and ``merge(other)``; merging the states of shards gives exactly the state of one pass over all
-samples (all counts are int64). The quantile sketch lives in :mod:`gandissect.quantile`.
+samples (all counts are int64). The quantile sketch lives in :mod:`gandissect.dissection.quantile`.
 """
 
 from __future__ import annotations
