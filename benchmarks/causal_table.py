@@ -6,7 +6,7 @@
 For each layer and concept, units are ranked three ways on the *ranking* samples (seed
 ``--seed``): by dissection IoU (``gandissect.dissect``, ``--dissect-samples``), by single-unit
 ablation ACE (``--ace-samples``; every concept from the same ablations) and by optimised per-unit
-ablation strengths (``gandissect.ranking.optimize_alpha``, ``--opt-samples`` x ``--opt-steps``).
+ablation strengths (``gandissect.optimize_alpha``, ``--opt-samples`` x ``--opt-steps``).
 Then the top-k units of each ranking, for each k in ``--ks``, and k random units (``--random-draws``
 nested random orders, shared by all concepts) are ablated on *different* samples (seed
 ``--eval-seed``, default ``--seed + 1``, ``--eval-samples``), and the relative drop of the concept's
@@ -131,8 +131,8 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
                  samples: int, seed: int, batch_size: int, chunk: int = 6) -> None:
     """Ablate every unit set not yet in ``cache`` (``chunk`` sets per pass over the samples;
     the cache is saved after each chunk, so an interrupted run resumes)."""
-    from gandissect.causal import measure_concepts
-    from gandissect.intervene import Edit
+    from gandissect.intervention.causal import measure_concepts
+    from gandissect.intervention.edit import Edit
 
     todo, seen = [], set(cache.after)
     for us in sets:
@@ -163,7 +163,7 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
 def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
                  ) -> dict[str, Any]:
     from gandissect.dissection.engine import dissect
-    from gandissect.ranking import rank_by_iou
+    from gandissect.intervention.ranking import rank_by_iou
 
     folder = cache / f"dissect_{layer}_n{args.dissect_samples}_s{args.seed}"
     log(f"{layer}: dissection of {args.dissect_samples} samples (cached in {folder})")
@@ -177,7 +177,7 @@ def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache
 
 def ace_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
                  ) -> dict[str, Any]:
-    from gandissect.ranking import UnitRanking, single_unit_ace_concepts
+    from gandissect.intervention.ranking import UnitRanking, single_unit_ace_concepts
 
     path = cache / f"ace_{layer}_n{args.ace_samples}_s{args.seed}.npz"
     labels = list(seg.labels)
@@ -200,7 +200,7 @@ def ace_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache
 
 def opt_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
                  ) -> dict[str, Any]:
-    from gandissect.ranking import UnitRanking, optimize_alpha
+    from gandissect.intervention.ranking import UnitRanking, optimize_alpha
 
     out = {}
     for c in args.concepts:
@@ -231,7 +231,7 @@ def random_orders(n_units: int, draws: int, seed: int) -> list[list[int]]:
 
 def removal(before: np.ndarray, after: np.ndarray) -> tuple[float, float, float, float]:
     """Relative removal ``1 - mean(after)/mean(before)`` with its 95% CI, and mean(before)."""
-    from gandissect.causal import EffectStats
+    from gandissect.intervention.causal import EffectStats
 
     e = EffectStats.from_arrays([0], before, after)
     return -e.relative, -e.relative_ci95[1], -e.relative_ci95[0], e.before
@@ -240,7 +240,7 @@ def removal(before: np.ndarray, after: np.ndarray) -> tuple[float, float, float,
 def study_layer(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
                 ) -> list[dict[str, Any]]:
     """Rank, ablate and tabulate one layer; returns one row per (concept, ranking, k)."""
-    from gandissect.intervene import layer_shape
+    from gandissect.intervention.edit import layer_shape
 
     n_units, _, _ = layer_shape(gen, layer)
     ks = [k for k in args.ks if k <= n_units]

@@ -16,7 +16,12 @@ True
 from __future__ import annotations
 
 from .artifacts import ArtifactScores, RemovalStudy, artifact_scores, removal_study
-from .causal import (
+from .common.hooks import Trace, run_to_layers
+from .dissection.config import DissectConfig, DissectMismatchError
+from .dissection.engine import dissect
+from .dissection.report import write_report
+from .dissection.results import LayerResult, load_results, save_results
+from .intervention.causal import (
     CausalEffect,
     EffectStats,
     UnitStatistics,
@@ -24,13 +29,7 @@ from .causal import (
     random_units,
     unit_statistics,
 )
-from .common.hooks import Trace, run_to_layers
-from .dissection.config import DissectConfig, DissectMismatchError
-from .dissection.engine import dissect
-from .dissection.report import write_report
-from .dissection.results import LayerResult, load_results, save_results
-from .insertion import InsertionHeatmap, insertion_heatmap
-from .intervene import (
+from .intervention.edit import (
     Edit,
     ablation,
     active_edits,
@@ -40,10 +39,8 @@ from .intervene import (
     intervene,
     layer_shape,
 )
-from .paint import Brush, BrushSet, History, Painter, Stroke, build_brushes
-from .plant_artifacts import plant_artifacts
-from .quality import frechet_distance, gan_quality
-from .ranking import (
+from .intervention.insertion import InsertionHeatmap, insertion_heatmap
+from .intervention.ranking import (
     UnitRanking,
     effect_sweep,
     optimize_alpha,
@@ -51,6 +48,9 @@ from .ranking import (
     rank_by_iou,
     single_unit_ace,
 )
+from .paint import Brush, BrushSet, History, Painter, Stroke, build_brushes
+from .plant_artifacts import plant_artifacts
+from .quality import frechet_distance, gan_quality
 from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
 
 __version__ = "0.1.0"

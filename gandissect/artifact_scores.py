@@ -49,7 +49,7 @@ import torch
 from models.base import Generator
 
 from .common.hooks import Trace
-from .intervene import Edit
+from .intervention.edit import Edit
 from .quality import sqrtm_psd
 from .realism import DiscriminatorMeasure, FIDMeasure
 

@@ -65,10 +65,10 @@ import torch
 from models.base import Generator
 
 from .artifact_scores import Replace, default_top, effect_scores
-from .causal import random_units
 from .common.hooks import Trace, check_feature_map
 from .common.imaging import save_figure
-from .intervene import Edit, ablation
+from .intervention.causal import random_units
+from .intervention.edit import Edit, ablation
 from .quality import frechet_distance, gaussian_stats
 from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure, check_fid_samples
 

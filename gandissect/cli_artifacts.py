@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .artifacts import artifact_scores, plot_removal, removal_edit, removal_study
     from .common.imaging import make_grid, save_png, to_uint8
-    from .intervene import intervene
+    from .intervention.edit import intervene
     from .realism import (
         DiscriminatorMeasure,
         FIDMeasure,

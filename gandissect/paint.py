@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .causal import measure_concepts, unit_statistics
 from .common.fingerprint import fingerprint
 from .common.hooks import Trace
 from .common.imaging import to_uint8
 from .dissection.engine import dissect
-from .intervene import Edit, intervene, layer_shape
-from .ranking import UnitRanking, rank_by_iou
+from .intervention.causal import measure_concepts, unit_statistics
+from .intervention.edit import Edit, intervene, layer_shape
+from .intervention.ranking import UnitRanking, rank_by_iou
 
 Mode = Literal["draw", "remove"]
 MODES: tuple[str, ...] = ("draw", "remove")

@@ -31,7 +31,7 @@ from torch import nn
 from models.base import Generator
 from models.toyworld.render import render_batch
 
-from .intervene import Edit, intervene
+from .intervention.edit import Edit, intervene
 from .quality import HELD_OUT_SEED, frechet_distance
 
 

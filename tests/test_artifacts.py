@@ -23,7 +23,7 @@ from gandissect.artifacts import (
     removal_edit,
     removal_study,
 )
-from gandissect.intervene import ablation, intervene
+from gandissect.intervention.edit import ablation, intervene
 from gandissect.plant_artifacts import checkerboard, plant_artifacts
 from gandissect.quality import frechet_distance, gaussian_stats
 from gandissect.realism import (

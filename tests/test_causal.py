@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import models
 import segmenters
-from gandissect.causal import (
+from gandissect.intervention.causal import (
     EffectStats,
     ExactQuantile,
     causal_effect,
@@ -19,9 +19,9 @@ from gandissect.causal import (
     random_units,
     unit_statistics,
 )
-from gandissect.insertion import insertion_heatmap
-from gandissect.intervene import Edit, intervene
-from gandissect.ranking import (
+from gandissect.intervention.edit import Edit, intervene
+from gandissect.intervention.insertion import insertion_heatmap
+from gandissect.intervention.ranking import (
     effect_sweep,
     optimize_alpha,
     plot_sweep,

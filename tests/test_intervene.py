@@ -6,7 +6,7 @@ import torch
 
 import models
 import segmenters
-from gandissect.intervene import (
+from gandissect.intervention.edit import (
     Edit,
     ablation,
     active_edits,

@@ -13,6 +13,7 @@ import segmenters
 from gandissect import paint
 from gandissect.common.fingerprint import fingerprint
 from gandissect.dissection.engine import dissect
+from gandissect.intervention.ranking import rank_by_iou, single_unit_ace
 from gandissect.paint import (
     BrushSet,
     EmptyStrokeError,
@@ -23,7 +24,6 @@ from gandissect.paint import (
     open_painter,
     parse_units,
 )
-from gandissect.ranking import rank_by_iou, single_unit_ace
 
 BUILD: dict[str, Any] = {"samples": 100, "candidates": 8, "ace_samples": 8}
 

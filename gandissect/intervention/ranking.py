@@ -32,7 +32,7 @@ from .causal import (
     random_units,
     unit_statistics,
 )
-from .intervene import Edit, intervene, layer_shape
+from .edit import Edit, intervene, layer_shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +96,7 @@ def single_unit_ace_concepts(generator: Generator, segmenter: Segmenter,
                              ) -> dict[str, UnitRanking]:
     """:func:`single_unit_ace` for several concepts from the same ablations (one forward pass
     and segmentation per unit and batch serves every concept); ``progress`` as in
-    :func:`gandissect.causal.measure_concepts`."""
+    :func:`gandissect.intervention.causal.measure_concepts`."""
     if not concepts:
         raise ValueError("give at least one concept")
     n_units, _, _ = layer_shape(generator, layer)

@@ -20,7 +20,7 @@ from models.base import Generator
 from segmenters.base import Segmenter
 
 from .causal import UnitStatistics, measure, region_at, unit_statistics
-from .intervene import Edit, layer_shape
+from .edit import Edit, layer_shape
 
 
 def square_masks(h: int, w: int, size: int, stride: int) -> tuple[torch.Tensor, list[int],

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common.hooks import EditFn, Trace, check_feature_map, resolve_layer
+from ..common.hooks import EditFn, Trace, check_feature_map, resolve_layer
 
 #: A per-unit coefficient: one scalar for all units, or one value per unit.
 Coefficient = float | Sequence[float] | torch.Tensor

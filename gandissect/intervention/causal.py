@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from models.base import Generator
 from segmenters.base import Segmenter
 
-from .common.hooks import Trace, check_feature_map
-from .intervene import Edit, intervene, layer_shape, resize_mask
+from ..common.hooks import Trace, check_feature_map
+from .edit import Edit, intervene, layer_shape, resize_mask
 
 Mode = Literal["ablate", "insert"]
 #: z-value of a two-sided 95% normal interval.
