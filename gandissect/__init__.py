@@ -15,7 +15,10 @@ True
 
 from __future__ import annotations
 
-from .artifacts import ArtifactScores, RemovalStudy, artifact_scores, removal_study
+from .artifacts.plant import plant_artifacts
+from .artifacts.quality import frechet_distance, gan_quality
+from .artifacts.realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
+from .artifacts.removal import ArtifactScores, RemovalStudy, artifact_scores, removal_study
 from .common.hooks import Trace, run_to_layers
 from .dissection.config import DissectConfig, DissectMismatchError
 from .dissection.engine import dissect
@@ -49,9 +52,6 @@ from .intervention.ranking import (
     single_unit_ace,
 )
 from .paint import Brush, BrushSet, History, Painter, Stroke, build_brushes
-from .plant_artifacts import plant_artifacts
-from .quality import frechet_distance, gan_quality
-from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
 
 __version__ = "0.1.0"
 

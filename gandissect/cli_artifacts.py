@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import METHODS
+from .artifacts.removal import METHODS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(runs/gan/checkpoint.pt) instead of the shipped weights")
     p.add_argument("--plant", default=None,
                    help="ground-truth demo: comma-separated units of --layer that get planted "
-                        "checkerboard artifacts (gandissect.plant_artifacts) before the search")
+                        "checkerboard artifacts (gandissect.artifacts.plant) before the search")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default="results/artifacts")
     p.add_argument("--json", action="store_true", help="print the JSON result")
@@ -121,16 +121,16 @@ def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     import segmenters
 
-    from .artifacts import artifact_scores, plot_removal, removal_edit, removal_study
-    from .common.imaging import make_grid, save_png, to_uint8
-    from .intervention.edit import intervene
-    from .realism import (
+    from .artifacts.realism import (
         DiscriminatorMeasure,
         FIDMeasure,
         SegmenterFeatures,
         check_fid_samples,
         limit_numpy_blas_threads,
     )
+    from .artifacts.removal import artifact_scores, plot_removal, removal_edit, removal_study
+    from .common.imaging import make_grid, save_png, to_uint8
+    from .intervention.edit import intervene
 
     torch.set_num_threads(1)
     limit_numpy_blas_threads(1)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     clean = gen
     planted_units: list[int] = []
     if args.plant:
-        from .plant_artifacts import plant_artifacts
+        from .artifacts.plant import plant_artifacts
 
         planted_units = [int(u) for u in args.plant.split(",") if u.strip()]
         gen = plant_artifacts(gen, args.layer, planted_units)

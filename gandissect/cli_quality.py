@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
+    from gandissect.artifacts.quality import format_table, gan_quality
     from gandissect.cli import load_model_and_segmenter
-    from gandissect.quality import format_table, gan_quality
 
     if args.samples < 2 or args.batch_size < 1:
         print(f"error: need --samples >= 2 and --batch-size >= 1, got {args.samples} and "

@@ -127,8 +127,12 @@ class Scorer:
     def __init__(self, samples: int, fid_samples: int, reference_samples: int, seed: int,
                  batch_size: int = 100, progress: bool = True) -> None:
         import segmenters
-        from gandissect.quality import HELD_OUT_SEED, rendered_fractions
-        from gandissect.realism import FIDMeasure, SegmenterFeatures, limit_numpy_blas_threads
+        from gandissect.artifacts.quality import HELD_OUT_SEED, rendered_fractions
+        from gandissect.artifacts.realism import (
+            FIDMeasure,
+            SegmenterFeatures,
+            limit_numpy_blas_threads,
+        )
 
         if samples < 2 or fid_samples < 2:
             raise ValueError(f"--samples and --fid-samples must be >= 2, got {samples} and "
@@ -148,7 +152,7 @@ class Scorer:
     @torch.no_grad()
     def score(self, generator: Any) -> dict[str, Any]:
         """FSD, per-concept rates, the coverage rule and FID of ``generator``."""
-        from gandissect.quality import (
+        from gandissect.artifacts.quality import (
             concept_coverage_ok,
             concept_rates,
             fsd_of,

@@ -15,18 +15,9 @@ import pytest
 import torch
 
 import segmenters
-from gandissect.artifact_scores import fid_feature_gradient
-from gandissect.artifacts import (
-    _spatial_check,
-    artifact_scores,
-    plot_removal,
-    removal_edit,
-    removal_study,
-)
-from gandissect.intervention.edit import ablation, intervene
-from gandissect.plant_artifacts import checkerboard, plant_artifacts
-from gandissect.quality import frechet_distance, gaussian_stats
-from gandissect.realism import (
+from gandissect.artifacts.plant import checkerboard, plant_artifacts
+from gandissect.artifacts.quality import frechet_distance, gaussian_stats
+from gandissect.artifacts.realism import (
     DiscriminatorMeasure,
     FewSamplesWarning,
     FIDMeasure,
@@ -34,6 +25,15 @@ from gandissect.realism import (
     StreamingGaussian,
     limit_numpy_blas_threads,
 )
+from gandissect.artifacts.removal import (
+    _spatial_check,
+    artifact_scores,
+    plot_removal,
+    removal_edit,
+    removal_study,
+)
+from gandissect.artifacts.scores import fid_feature_gradient
+from gandissect.intervention.edit import ablation, intervene
 from models.toyworld_gan import WEIGHTS_DIR, ToyworldDiscriminator, ToyworldGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +236,7 @@ def test_planted_artifact_units_are_found_and_removal_restores_fid(
     assert set(PLANTED) <= set(row["top_units"])
 
 
-@pytest.mark.filterwarnings("ignore::gandissect.realism.FewSamplesWarning")
+@pytest.mark.filterwarnings("ignore::gandissect.artifacts.realism.FewSamplesWarning")
 def test_bad_input_messages(nets: tuple, fid: FIDMeasure) -> None:
     gen = nets[0]
     with pytest.raises(ValueError, match="spatial feature maps"):

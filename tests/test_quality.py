@@ -1,4 +1,5 @@
-"""Tests for gandissect.quality: Frechet distance against brute force, FSD on tiny data."""
+"""Tests for gandissect.artifacts.quality: Frechet distance against brute force, FSD on tiny
+data."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gandissect.quality import (
+from gandissect.artifacts.quality import (
     concept_coverage_ok,
     concept_fractions,
     format_table,

@@ -17,7 +17,7 @@ Two estimates of each image's term, combined per unit:
 * exact, on each unit's ``top`` most strongly activating images (spatial maximum): the image is
   regenerated with the unit removed and ``e_iu = phi_i(x') - phi_i(x)``. This adds, on the
   unit's strongest images, what a gradient cannot see (a defect switched on by a threshold, as
-  planted by :mod:`gandissect.plant_artifacts`).
+  planted by :mod:`gandissect.artifacts.plant`).
 
 ``linear_u = -(sum_{i not in top_u} t_iu + sum_{i in top_u} e_iu)`` is the predicted DECREASE
 of the measure (higher = removing the unit makes the generator more realistic).
@@ -48,8 +48,8 @@ import torch
 
 from models.base import Generator
 
-from .common.hooks import Trace
-from .intervention.edit import Edit
+from ..common.hooks import Trace
+from ..intervention.edit import Edit
 from .quality import sqrtm_psd
 from .realism import DiscriminatorMeasure, FIDMeasure
 

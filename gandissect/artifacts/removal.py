@@ -5,7 +5,7 @@ A removed unit is set to a constant: its mean activation (``replace="mean"``, de
 what the unit varies, keeps its average contribution) or 0 (``"zero"``, plain ablation).
 Per-unit scores (higher = more artifact-like for every method):
 
-* ``method="effect"`` (default; :mod:`gandissect.artifact_scores`): the predicted drop of the
+* ``method="effect"`` (default; :mod:`gandissect.artifacts.scores`): the predicted drop of the
   WHOLE generator's measure (FID or discriminator) when the unit alone is removed: a Taylor
   estimate for all units in one backward pass, exact regeneration on each unit's top images,
   and the best candidates of two screens verified by measuring the drop.
@@ -40,7 +40,7 @@ earlier scores on layer4, measured before the comparison used separate seeds and
 draws (zero ablation, 1,000 samples, one random draw), did not beat random (``causal``: 15.07 /
 15.80 / 16.69 vs 15.26 / 15.48 / 16.43; ``fid``: 14.76 / 15.26 / 15.54 vs 15.21 / 15.46 /
 16.79; unedited 14.72) nor lower FID below unedited. On planted ground truth
-(:mod:`gandissect.plant_artifacts`, ``--plant 3,40,100,150,200``, 256 scoring samples) "effect"
+(:mod:`gandissect.artifacts.plant`, ``--plant 3,40,100,150,200``, 256 scoring samples) "effect"
 ranks the 5 planted units 0..4; removing the top 10 restores FID (``tests/test_artifacts.py``).
 
 Memory: per-sample features ``[samples, dim]`` (or per-image unrealism), latents and per-unit
@@ -64,13 +64,13 @@ import torch
 
 from models.base import Generator
 
-from .artifact_scores import Replace, default_top, effect_scores
-from .common.hooks import Trace, check_feature_map
-from .common.imaging import save_figure
-from .intervention.causal import random_units
-from .intervention.edit import Edit, ablation
+from ..common.hooks import Trace, check_feature_map
+from ..common.imaging import save_figure
+from ..intervention.causal import random_units
+from ..intervention.edit import Edit, ablation
 from .quality import frechet_distance, gaussian_stats
 from .realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure, check_fid_samples
+from .scores import Replace, default_top, effect_scores
 
 Method = Literal["effect", "causal", "fid", "topset"]
 METHODS: tuple[str, ...] = ("effect", "causal", "fid", "topset")
@@ -126,7 +126,7 @@ def artifact_scores(generator: Generator, layer: str, measure: FIDMeasure | Disc
 
     ``replace`` says what a removed unit becomes: ``"mean"`` (its mean activation over these
     samples and positions) or ``"zero"``; it matters for ``"effect"`` and ``"causal"``.
-    ``pool`` and ``verify_samples``: see :func:`gandissect.artifact_scores.effect_scores`.
+    ``pool`` and ``verify_samples``: see :func:`gandissect.artifacts.scores.effect_scores`.
     ``top`` (size of each unit's top set) defaults to 16 for ``"effect"`` / ``"causal"`` (cost:
     units * top extra images) and ``max(2, samples // 10)`` otherwise. For ``"fid"`` a top set no
     larger than the feature dimension gives a FewSamplesWarning with the number needed.

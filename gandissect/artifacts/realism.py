@@ -9,7 +9,7 @@ optionally with interventions applied::
 
 * :class:`FIDMeasure`: Frechet distance between Gaussians fitted to pooled encoder features of
   the generated images and of rendered Toyworld scenes from a held-out seed (the Frechet
-  distance is :func:`gandissect.quality.frechet_distance`). Feature statistics are accumulated
+  distance is :func:`gandissect.frechet_distance`). Feature statistics are accumulated
   streaming (:class:`StreamingGaussian`: sums and outer-product sums), never storing features.
 * :class:`DiscriminatorMeasure`: minus the mean logit of the GAN's own discriminator.
 
@@ -31,7 +31,7 @@ from torch import nn
 from models.base import Generator
 from models.toyworld.render import render_batch
 
-from .intervention.edit import Edit, intervene
+from ..intervention.edit import Edit, intervene
 from .quality import HELD_OUT_SEED, frechet_distance
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from models.base import Generator
 
-from .common.hooks import Trace, check_feature_map, resolve_layer
+from ..common.hooks import Trace, check_feature_map, resolve_layer
 
 
 def _consumer(generator: Generator, layer: str) -> nn.Module:
