@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 
 from gandissect.cli_app import add_arguments
-from gandissect.paint import (
+from gandissect.paint.painter import (
     STRENGTHS,
     EmptyStrokeError,
     History,

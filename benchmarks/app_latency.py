@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app.py lives at the root
 
     import app
-    from gandissect.paint import STRENGTHS, open_painter
+    from gandissect.paint.painter import STRENGTHS, open_painter
 
     load = os.getloadavg()
     print(f"settings: --model {args.model} --segmenter {args.segmenter} --layer {args.layer} "

@@ -51,7 +51,8 @@ from .intervention.ranking import (
     rank_by_iou,
     single_unit_ace,
 )
-from .paint import Brush, BrushSet, History, Painter, Stroke, build_brushes
+from .paint.brushes import Brush, BrushSet, build_brushes
+from .paint.painter import History, Painter, Stroke
 
 __version__ = "0.1.0"
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import segmenters
-from gandissect import paint
 from gandissect.common.fingerprint import fingerprint
 from gandissect.dissection.engine import dissect
 from gandissect.intervention.ranking import rank_by_iou, single_unit_ace
-from gandissect.paint import (
-    BrushSet,
+from gandissect.paint import brushes
+from gandissect.paint.brushes import BrushSet
+from gandissect.paint.painter import (
     EmptyStrokeError,
     History,
     Painter,
@@ -74,9 +74,9 @@ def test_shared_ablations_match_per_concept_ace(painter: Painter, seg: segmenter
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Brushes (units, order and scores) equal single_unit_ace run per concept on its own
     IoU candidates, also when the shared ablations come in several chunks."""
-    monkeypatch.setattr(paint, "ABLATION_CHUNK", 3)
+    monkeypatch.setattr(brushes, "ABLATION_CHUNK", 3)
     gen = painter.generator
-    built = paint.build_brushes(gen, seg, "layout", **BUILD)
+    built = brushes.build_brushes(gen, seg, "layout", **BUILD)
     assert built.to_json() == painter.brushes.to_json()
     result = dissect(gen, seg, "layout", samples=BUILD["samples"], seed=0)["layout"]
     for concept, brush in built.brushes.items():
