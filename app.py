@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from gandissect.cli_app import add_arguments
+from gandissect.cli.app import add_arguments
 from gandissect.paint.painter import (
     STRENGTHS,
     EmptyStrokeError,

@@ -268,7 +268,7 @@ def test_cli_checkpoint_loading(tmp_path: Path) -> None:
     checkpoint of another architecture is refused with a clear message."""
     import argparse
 
-    from gandissect.cli_artifacts import _load
+    from gandissect.cli.artifacts import _load
 
     gen, disc = ToyworldGenerator(), ToyworldDiscriminator(mbstd_group=4)
     path = tmp_path / "checkpoint.pt"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_dissect import TinyGenerator, TinySegmenter
 
-from gandissect.cli_dissect import register
+from gandissect.cli.dissect import register
 from gandissect.dissection.engine import dissect
 from gandissect.dissection.report import _outline, write_report
 from gandissect.dissection.results import load_results

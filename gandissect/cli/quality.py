@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``gan-quality`` standalone (``python -m gandissect.cli_quality ...``)."""
+    """Run ``gan-quality`` standalone (``python -m gandissect.cli.quality ...``)."""
     parser = argparse.ArgumentParser(prog="gandissect")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common.imaging import make_grid, save_png, to_uint8
-from .intervention.causal import causal_effect, random_units, unit_statistics
-from .intervention.edit import Edit, intervene, layer_shape
-from .intervention.ranking import (
+from ..common.imaging import make_grid, save_png, to_uint8
+from ..intervention.causal import causal_effect, random_units, unit_statistics
+from ..intervention.edit import Edit, intervene, layer_shape
+from ..intervention.ranking import (
     UnitRanking,
     default_ks,
     effect_sweep,
@@ -83,7 +83,7 @@ def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int) ->
         if not args.dissection:
             raise ValueError("--rank-by iou needs --dissection PATH (the output folder of "
                              "`gandissect dissect`); or use --rank-by ace")
-        from .dissection.results import load_results
+        from ..dissection.results import load_results
 
         results = load_results(args.dissection)
         if args.layer not in results:
@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     files.append("before_after.png")
     heat = None
     if mode == "insert" and args.heatmap:
-        from .intervention.insertion import insertion_heatmap, plot_heatmap
+        from ..intervention.insertion import insertion_heatmap, plot_heatmap
 
         heat = insertion_heatmap(gen, seg, args.concept, units, args.layer,
                                  samples=args.heatmap_samples, seed=args.seed,

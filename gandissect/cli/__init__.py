@@ -1,5 +1,6 @@
-"""The ``gandissect`` command line. Each subcommand lives in its own module exposing
-``register(subparsers)``; the ones that need only the renderer and the registries live here."""
+"""The ``gandissect`` command line (also ``python -m gandissect``). Each group of subcommands
+lives in its own module of this package exposing ``register(subparsers)``; the ones that need
+only the renderer and the registries live here."""
 
 from __future__ import annotations
 
@@ -15,17 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common.imaging import label_palette, make_grid, masks_to_label_image, save_png, to_uint8
-from .common.specs import split_spec
+from ..common.imaging import label_palette, make_grid, masks_to_label_image, save_png, to_uint8
+from ..common.specs import split_spec
 
 #: Modules that add subcommands (each exposes ``register(subparsers)``).
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "gandissect.cli_dissect",
-    "gandissect.cli_quality",
-    "gandissect.cli_zoo",
-    "gandissect.cli_intervene",
-    "gandissect.cli_app",
-    "gandissect.cli_artifacts",
+    "gandissect.cli.dissect",
+    "gandissect.cli.quality",
+    "gandissect.cli.zoo",
+    "gandissect.cli.intervene",
+    "gandissect.cli.app",
+    "gandissect.cli.artifacts",
 )
 
 
@@ -185,7 +186,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gandissect {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_APP = Path(__file__).resolve().parent.parent / "app.py"
+_APP = Path(__file__).resolve().parent.parent.parent / "app.py"
 
 
 def _load_app() -> object:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The app's options, shared by ``gandissect app`` and ``python app.py``."""
-    from .cli import add_load_options
+    from . import add_load_options
 
     parser.add_argument("--model", default="toyworld",
                         help="generator: NAME or NAME:PATH (local checkpoint, folder or hub id)")

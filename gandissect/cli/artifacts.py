@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts.removal import METHODS
+from ..artifacts.removal import METHODS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -121,16 +121,16 @@ def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     import segmenters
 
-    from .artifacts.realism import (
+    from ..artifacts.realism import (
         DiscriminatorMeasure,
         FIDMeasure,
         SegmenterFeatures,
         check_fid_samples,
         limit_numpy_blas_threads,
     )
-    from .artifacts.removal import artifact_scores, plot_removal, removal_edit, removal_study
-    from .common.imaging import make_grid, save_png, to_uint8
-    from .intervention.edit import intervene
+    from ..artifacts.removal import artifact_scores, plot_removal, removal_edit, removal_study
+    from ..common.imaging import make_grid, save_png, to_uint8
+    from ..intervention.edit import intervene
 
     torch.set_num_threads(1)
     limit_numpy_blas_threads(1)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     clean = gen
     planted_units: list[int] = []
     if args.plant:
-        from .artifacts.plant import plant_artifacts
+        from ..artifacts.plant import plant_artifacts
 
         planted_units = [int(u) for u in args.plant.split(",") if u.strip()]
         gen = plant_artifacts(gen, args.layer, planted_units)
