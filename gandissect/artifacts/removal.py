@@ -41,7 +41,8 @@ draws (zero ablation, 1,000 samples, one random draw), did not beat random (``ca
 15.80 / 16.69 vs 15.26 / 15.48 / 16.43; ``fid``: 14.76 / 15.26 / 15.54 vs 15.21 / 15.46 /
 16.79; unedited 14.72) nor lower FID below unedited. On planted ground truth
 (:mod:`gandissect.artifacts.plant`, ``--plant 3,40,100,150,200``, 256 scoring samples) "effect"
-ranks the 5 planted units 0..4; removing the top 10 restores FID (``tests/test_artifacts.py``).
+ranks the 5 planted units 0..4; removing the top 10 restores FID
+(``tests/artifacts/test_artifacts.py``).
 
 Memory: per-sample features ``[samples, dim]`` (or per-image unrealism), latents and per-unit
 maxima and Taylor terms ``[samples, units]`` are kept (10,000 samples x 256 units: 20 MB),

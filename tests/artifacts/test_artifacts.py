@@ -36,7 +36,7 @@ from gandissect.artifacts.scores import fid_feature_gradient
 from gandissect.intervention.edit import ablation, intervene
 from models.toyworld_gan import WEIGHTS_DIR, ToyworldDiscriminator, ToyworldGenerator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 CHECKPOINT = ROOT / "runs" / "gan" / "checkpoint.pt"
 PLANTED = [3, 40, 100, 150, 200]
 

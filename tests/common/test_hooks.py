@@ -81,7 +81,7 @@ def test_unknown_layer_lists_valid_names() -> None:
 
 
 def test_generator_layer_names_used() -> None:
-    from test_dissect import TinyGenerator
+    from tiny import TinyGenerator
     with pytest.raises(ValueError, match="valid layers: a, b"):
         Trace(TinyGenerator(), ["fc"])
 

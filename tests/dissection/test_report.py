@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_dissect import TinyGenerator, TinySegmenter
+from tiny import TinyGenerator, TinySegmenter
 
 from gandissect.cli.dissect import register
 from gandissect.dissection.engine import dissect

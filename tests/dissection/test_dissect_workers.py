@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_dissect import Interrupt, TinyGenerator, TinySegmenter
+from tiny import Interrupt, TinyGenerator, TinySegmenter
 
 import segmenters
 from gandissect.dissection.engine import _gaps, _load_progress, _split, dissect

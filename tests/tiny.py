@@ -1,0 +1,73 @@
+"""Tiny models shared by the tests (importable as ``tiny``: this folder is on ``sys.path``
+because it holds ``conftest.py``): a generator with two feature-map layers, a rule-based
+segmenter, and the exception the tests raise to simulate a killed run."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Generator
+from segmenters.base import Segmenter
+
+
+class TinyGenerator(Generator):
+    """8-dim latent -> layer "a" [8, 4, 4] -> layer "b" [6, 8, 8] -> 16x16 image; optionally
+    NaN activations for the latent equal to ``nan_latent``."""
+
+    resolution = 16
+    latent_shape = (8,)
+
+    def __init__(self, seed: int = 0, nan_latent: torch.Tensor | None = None) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(8, 8 * 16)
+        self.a = nn.ReLU()
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.flat = nn.Flatten()
+        self.rgb = nn.Conv2d(6, 3, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.nan_latent = nan_latent
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["a", "b", "flat"]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = self.check_latents(z)
+        x = self.a(self.fc(z).view(-1, 8, 4, 4))
+        if self.nan_latent is not None:
+            hit = (z == self.nan_latent).all(1)
+            x = torch.where(hit[:, None, None, None], float("nan"), x)
+        x = self.b(F.interpolate(x, scale_factor=2.0))
+        self.flat(x[:, :1])
+        return torch.tanh(self.rgb(F.interpolate(x, scale_factor=2.0)))
+
+
+class TinySegmenter(Segmenter):
+    """'red' R > 0.2, 'dark' mean < -0.3, 'never' (empty), 'blue' B > 0.3 but only on images
+    whose mean green is positive (so category 'color' is absent from some images)."""
+
+    labels = ["red", "dark", "never", "blue"]
+    categories = ["object", "object", "material", "color"]
+    size: tuple[int, int] | None = None
+
+    def _segment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        red = images[:, 0] > 0.2
+        dark = images.mean(1) < -0.3
+        gate = (images[:, 1].mean((1, 2)) > 0)[:, None, None]
+        blue = (images[:, 2] > 0.3) & gate
+        out = torch.stack([red, dark, torch.zeros_like(red), blue], 1)
+        if self.size is not None:
+            out = F.interpolate(out.float(), size=self.size, mode="nearest") > 0.5
+        return out
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.size or (height, width)
+
+
+class Interrupt(Exception):
+    """Raised from a callback to simulate a run killed at that point."""
