@@ -22,7 +22,8 @@ import torch
 from tiny import Interrupt, TinyGenerator, TinySegmenter
 
 import segmenters
-from gandissect.dissection.engine import _gaps, _load_progress, _split, dissect
+from gandissect.dissection.engine import dissect
+from gandissect.dissection.progress import _gaps, _load_progress, _split
 from gandissect.dissection.results import LayerResult
 
 torch.set_num_threads(1)
