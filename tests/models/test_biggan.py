@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import models
-from gandissect.hooks import Trace
+from gandissect import Trace
 from models import zoo
 from models.biggan import CONFIG_LAYERS, BigGAN, SNConv2d, biggan_layers, from_state_dict
 from models.safe_load import CheckpointError

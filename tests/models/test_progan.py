@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from gandissect.hooks import Trace
+from gandissect import Trace
 from models.progan import ProGAN, from_state_dict, sizes_from_state_dict
 from models.safe_load import CheckpointError
 from models.zoo import load_zoo_model
@@ -150,8 +150,7 @@ def test_wrong_latents_and_layer_names() -> None:
 
 def test_tiny_dissection_and_ablation_end_to_end() -> None:
     import segmenters
-    from gandissect.dissect import dissect
-    from gandissect.intervene import ablation, intervene
+    from gandissect import ablation, dissect, intervene
 
     g = _randomized(TINY, seed=5).eval()
     seg = segmenters.load("color")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gandissect.quality import gan_quality
+from gandissect import gan_quality
 from models import score_snapshots as ss
 from models import train_toyworld_gan as tr
 from models.toyworld_gan import load_generator

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from gandissect.hooks import Trace
+from gandissect import Trace
 from models.safe_load import CheckpointError
 from models.stylegan2 import ModulatedConv2d, StyleGAN2, from_state_dict, make_kernel, upfirdn2d
 from models.zoo import load_zoo_model
@@ -216,8 +216,7 @@ def test_tiny_dissection_and_ablation_end_to_end() -> None:
     """A dissection and an ablation run through a tiny StyleGAN2 with the colour segmenter; the
     ablation changes the output and reaches the next layer, and is gone after its block."""
     import segmenters
-    from gandissect.dissect import dissect
-    from gandissect.intervene import ablation, intervene
+    from gandissect import ablation, dissect, intervene
 
     g = _tiny(seed=4)
     seg = segmenters.load("color")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gandissect.hooks import Trace
+from gandissect import Trace
 from models import zoo
 from models.progan import ProGAN
 from models.stylegan2 import StyleGAN2
