@@ -40,9 +40,8 @@ from torch import nn
 
 from models.safe_load import CheckpointError, load_checkpoint, load_into, unwrap_state_dict
 
-from .prroi_pool import prroi_pool_whole
-
 from .base import Segmenter
+from .prroi_pool import prroi_pool_whole
 
 CAFFE_BGR_MEAN = (102.9801, 115.9465, 122.7717)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

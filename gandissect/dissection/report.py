@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..common.hooks import Trace
 from ..common.imaging import to_uint8
+from .ceiling import unreachable_concepts
 from .results import LayerResult, atomic_write_bytes
 from .upsample import Upsampler
 
@@ -38,6 +39,7 @@ def dissect_json(results: dict[str, LayerResult]) -> dict[str, Any]:
         out["layers"][name] = {
             "settings": r.meta, "units": r.units, "interpretable": int(r.interpretable.sum()),
             "interpretable_per_concept": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+            "unreachable_concepts": unreachable_concepts(r),
             "unit_results": r.summary()}
     return out
 
@@ -199,6 +201,14 @@ def write_report(results: dict[str, LayerResult], folder: str | Path, generator:
                      f"{int(r.interpretable.sum())} interpretable (IoU &gt; {r.iou_threshold:g}); "
                      f"threshold: {html.escape(str(mode))}, q = {r.meta.get('quantile')}, "
                      f"{r.meta.get('samples')} samples, seed {r.meta.get('seed')}.</p>")
+        unreachable = unreachable_concepts(r)
+        if unreachable:
+            listed = ", ".join(f"{html.escape(k)} (at most {v:.3f})" for k, v in
+                               unreachable.items())
+            parts.append(f"<p><b>Cannot be labelled at this q:</b> {listed}. These concepts "
+                         "cover so many pixels that a unit on for the top q of pixels cannot "
+                         f"reach IoU &gt; {r.iou_threshold:g} with them, however well it draws "
+                         "them (use <code>--threshold iqr</code> to score them).</p>")
         for key in (f"concepts_{stem}", f"iou_{stem}"):
             parts.append(f"<img src='{_b64(plots[key].read_bytes())}' alt='{key}'>")
         tid = f"units{t}"
