@@ -71,3 +71,26 @@ class TinySegmenter(Segmenter):
 
 class Interrupt(Exception):
     """Raised from a callback to simulate a run killed at that point."""
+
+
+def check_against_brute_force(gen: Generator, seg: Segmenter, layer: str, result: object,
+                              samples: int, seed: int, quantile: float = 0.01) -> None:
+    """Assert that a dissection ``result`` of ``layer`` over ``samples`` latents of ``seed``
+    equals a brute-force computation (every activation upsampled bilinearly to the masks' size,
+    the exact top-``quantile`` threshold, IoU by counting) to 1e-3, and is not vacuous."""
+    import numpy as np
+
+    from gandissect.common.hooks import Trace
+    from gandissect.dissection.engine import brute_force
+
+    with torch.no_grad(), Trace(gen, [layer]) as tr:
+        images = gen(gen.sample_latents(samples, seed))
+    masks = seg.segment(images)
+    up = F.interpolate(tr[layer].float(), size=tuple(masks.shape[2:]), mode="bilinear",
+                       align_corners=False)
+    _, iou_ref = brute_force(up, masks, quantile)
+    iou = result.iou
+    assert iou.shape == iou_ref.shape
+    assert np.abs(iou - iou_ref).max() <= 1e-3, np.abs(iou - iou_ref).max()
+    assert iou_ref.max() > 0.01  # some unit overlaps some concept: the check is not vacuous
+    assert result.concept_pixels.tolist() == masks.sum((0, 2, 3)).tolist()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gandissect.artifacts.quality import (
+    HELD_OUT_SEED,
     concept_coverage_ok,
     concept_fractions,
     format_table,
@@ -121,11 +122,36 @@ def test_concept_fractions() -> None:
 
 def test_gan_quality_on_tiny_models() -> None:
     seg = _ColorSegmenter(batch_size=16)
-    result = gan_quality(_TinyGenerator(), seg, samples=60, seed=0, batch_size=25,
-                         progress=False)
+    g = _TinyGenerator()
+    result = gan_quality(g, seg, samples=60, seed=0, batch_size=25, progress=False)
     assert set(result) >= {"fsd", "fsd_floor", "fsd_untrained", "concept_rates"}
     # Two disjoint rendered sets are close; a flat-colour generator is far from the world.
     assert result["fsd_floor"] < 0.5 * result["fsd"]
+    # Brute force, independently: every image's concept fractions, Gaussians fitted by hand,
+    # the Frechet distance from the eigenvalues of the (non-symmetric) covariance product
+    from models.toyworld.render import render_batch
+
+    def fractions(images: torch.Tensor) -> np.ndarray:
+        return seg.segment(images).double().mean(dim=(2, 3)).numpy()
+
+    def brute_fd(x: np.ndarray, y: np.ndarray) -> float:
+        mx, my = x.mean(0), y.mean(0)
+        cx = (x - mx).T @ (x - mx) / (len(x) - 1)
+        cy = (y - my).T @ (y - my) / (len(y) - 1)
+        # Tr((Cx Cy)^1/2) = sum of square roots of the (real, >= 0) eigenvalues of Cx Cy
+        eig = np.linalg.eigvals(cx @ cy).real.clip(0, None)
+        return float((mx - my) @ (mx - my) + np.trace(cx + cy) - 2 * np.sqrt(eig).sum())
+
+    g.eval()
+    with torch.no_grad():
+        gen_f = fractions(g(g.sample_latents(60, 0)).clamp(-1, 1))
+    ref_f = fractions(torch.from_numpy(render_batch(HELD_OUT_SEED, 0, 60, 64)[0]))
+    ref2_f = fractions(torch.from_numpy(render_batch(HELD_OUT_SEED, 60, 60, 64)[0]))
+    assert result["fsd"] == pytest.approx(brute_fd(gen_f, ref_f), rel=1e-4, abs=1e-6)
+    assert result["fsd_floor"] == pytest.approx(brute_fd(ref2_f, ref_f), rel=1e-4, abs=1e-6)
+    for k, c in enumerate(CONCEPTS):
+        assert result["concept_rates"][c]["generated"] == pytest.approx(gen_f[:, k].mean())
+        assert result["concept_rates"][c]["rendered"] == pytest.approx(ref_f[:, k].mean())
     assert set(result["concept_rates"]) == set(CONCEPTS)
     sky = result["concept_rates"]["sky"]
     assert 0.0 <= sky["generated"] <= 1.0 and 0.3 < sky["rendered_truth"] < 0.45

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gandissect.cli import main
 
@@ -38,7 +39,21 @@ def test_eval_segmenter_blur_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*args, "--blur", "0,1.5", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["blur_sigma"] for r in results] == [0.0, 1.5]
-    assert 0.5 < results[1]["miou"] < results[0]["miou"] + 0.02
+    # brute force on the same 20 held-out scenes: per-concept IoU of the segmenter's masks
+    # with the renderer's exact masks, averaged over the concepts present
+    import segmenters
+    from models.toyworld import CONCEPTS, render_batch
+    from segmenters.evaluate import HELDOUT_SEED
+
+    images, truth = render_batch(HELDOUT_SEED, 0, 20, 64)
+    pred = segmenters.load("toyworld").segment(torch.from_numpy(images))
+    true = torch.from_numpy(truth)
+    ious = [int((pred[:, k] & true[:, k]).sum()) / int((pred[:, k] | true[:, k]).sum())
+            for k in range(len(CONCEPTS)) if (pred[:, k] | true[:, k]).any()]
+    assert results[0]["miou"] == pytest.approx(sum(ious) / len(ious), abs=1e-9)
+    # segmenters/TRAINING.md: 0.991 clean and 0.930 at sigma 1.5 over 1,000 scenes
+    assert results[0]["miou"] > 0.98
+    assert 0.90 < results[1]["miou"] < 0.97
     assert main([*args, "--blur", "0,1.5"]) == 0
     assert "blur sigma" in capsys.readouterr().out
     assert main([*args, "--blur", "one"]) == 2

@@ -87,10 +87,21 @@ def test_seg_resolution_and_segmenter_size() -> None:
     seg.size = (8, 8)
     r = dissect(gen, seg, "a", samples=40, seed=1, batch_size=16)["a"]
     assert r.meta["seg_shape"] == [8, 8]
+    # brute force at the segmenter's own 8x8: activations upsampled to 8x8, masks as given
+    up, masks = reference(gen, seg, "a", 40, 1, size=8)
+    assert masks.shape[2:] == (8, 8)
+    _, iou_ref = brute_force(up, masks, 0.01)
+    assert np.abs(r.iou - iou_ref).max() <= 1e-3 and iou_ref.max() > 0.01
+    assert r.concept_pixels.tolist() == masks.sum((0, 2, 3)).tolist()
     r2 = dissect(gen, TinySegmenter(), "a", samples=40, seed=1, batch_size=16,
                  seg_resolution=8)["a"]
     assert r2.meta["seg_shape"] == [8, 8]
-    assert r2.concept_pixels.sum() > 0
+    # seg_resolution=8: 16x16 masks resized (nearest) to 8x8, activations upsampled to 8x8
+    up2, masks16 = reference(gen, TinySegmenter(), "a", 40, 1, size=8)
+    masks8 = F.interpolate(masks16.float(), size=(8, 8), mode="nearest") > 0.5
+    _, iou_ref2 = brute_force(up2, masks8, 0.01)
+    assert np.abs(r2.iou - iou_ref2).max() <= 1e-3 and iou_ref2.max() > 0.01
+    assert r2.concept_pixels.tolist() == masks8.sum((0, 2, 3)).tolist()
 
 
 def test_topk_are_samples_with_largest_max() -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tiny import check_against_brute_force
 
 from gandissect import Trace
 from models.safe_load import CheckpointError
@@ -221,8 +222,8 @@ def test_tiny_dissection_and_ablation_end_to_end() -> None:
     g = _tiny(seed=4)
     seg = segmenters.load("color")
     res = dissect(g, seg, "convs.2", samples=24, seed=0, batch_size=8)["convs.2"]
-    assert res.iou.shape == (8, len(seg.labels))
-    assert ((res.iou >= 0) & (res.iou <= 1)).all() and res.thresholds.shape == (8,)
+    assert res.iou.shape == (8, len(seg.labels)) and res.thresholds.shape == (8,)
+    check_against_brute_force(g, seg, "convs.2", res, 24, 0)
     z = g.sample_latents(4, seed=0)
     before = g(z)
     with Trace(g, "convs.3") as tr0:
