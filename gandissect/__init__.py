@@ -20,7 +20,12 @@ from .artifacts.quality import frechet_distance, gan_quality
 from .artifacts.realism import DiscriminatorMeasure, FIDMeasure, RealismMeasure
 from .artifacts.removal import ArtifactScores, RemovalStudy, artifact_scores, removal_study
 from .common.hooks import Trace, run_to_layers
-from .dissection.config import DissectConfig, DissectMismatchError
+from .dissection.config import (
+    DissectConfig,
+    DissectLockedError,
+    DissectMismatchError,
+    DissectStateError,
+)
 from .dissection.engine import dissect
 from .dissection.report import write_report
 from .dissection.results import LayerResult, load_results, save_results
@@ -60,7 +65,8 @@ __all__ = [
     "ArtifactScores", "Brush", "BrushSet", "DiscriminatorMeasure", "FIDMeasure", "History",
     "Painter", "RealismMeasure", "RemovalStudy", "Stroke", "artifact_scores", "build_brushes",
     "frechet_distance", "gan_quality", "plant_artifacts", "removal_study",
-    "CausalEffect", "DissectConfig", "DissectMismatchError", "Edit", "EffectStats",
+    "CausalEffect", "DissectConfig", "DissectLockedError", "DissectMismatchError",
+    "DissectStateError", "Edit", "EffectStats",
     "InsertionHeatmap", "LayerResult", "Trace", "UnitRanking", "UnitStatistics", "__version__",
     "ablation", "active_edits", "apply_edits", "causal_effect", "clear_edits", "dissect",
     "effect_sweep", "insertion", "insertion_heatmap", "intervene", "layer_shape", "load_results",

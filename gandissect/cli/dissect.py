@@ -7,9 +7,11 @@ Example::
 
 Statistics are saved into ``--out`` as the run goes (atomically); running the same command again
 after an interruption continues from the last save and ends with exactly the uninterrupted
-result. A folder holding a run with other arguments is refused. ``--workers N`` runs each pass
-over N spawned processes (one torch thread each) with a bit-identical result; a run may be
-resumed with another ``--workers``.
+result. A folder holding a run with other arguments is refused, and so is a folder another run
+is using (it is locked while a run lasts) or whose saved state is damaged (it carries a
+checksum; a state saved before checksums existed resumes with a warning): each exits with 3 and
+says what to do. ``--workers N`` runs each pass over N spawned processes (one torch thread
+each) with a bit-identical result; a run may be resumed with another ``--workers``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     from gandissect.cli import load_model_and_segmenter
-    from gandissect.dissection.engine import DissectMismatchError, dissect
+    from gandissect.dissection.config import (
+        DissectLockedError,
+        DissectMismatchError,
+        DissectStateError,
+    )
+    from gandissect.dissection.engine import dissect
     from gandissect.dissection.report import write_report
 
     if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
@@ -88,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
                 workers=args.workers, model_name=args.model, segmenter_name=args.segmenter)
-    except DissectMismatchError as e:           # exit 3: the folder holds another run
+    except (DissectMismatchError, DissectLockedError, DissectStateError) as e:
+        # exit 3: the folder holds or serves another run, or its saved state is damaged
         print(f"gandissect dissect: error: {e}", file=sys.stderr)
         return 3
     for name, r in results.items():

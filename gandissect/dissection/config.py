@@ -1,5 +1,6 @@
 """What determines a dissection's result (:class:`DissectConfig`, checked when a run resumes)
-and the error for a folder that holds another run: shared by the engine
+and the errors for an output folder that cannot be used (it holds another run, another run is
+using it, or its saved state is damaged): shared by the engine
 (:mod:`gandissect.dissection.engine`) and one layer's statistics
 (:mod:`gandissect.dissection.layer_stats`)."""
 
@@ -7,11 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DissectConfig", "DissectMismatchError"]
+__all__ = ["DissectConfig", "DissectLockedError", "DissectMismatchError", "DissectStateError"]
 
 
 class DissectMismatchError(RuntimeError):
     """An output folder holds a run made with other arguments."""
+
+
+class DissectLockedError(RuntimeError):
+    """Another dissection run (the message names its PID) holds the output folder's lock."""
+
+
+class DissectStateError(ValueError):
+    """An output folder's saved resume state is damaged (empty, truncated, or changed after it
+    was saved): the message names the file and how to start again."""
 
 
 @dataclass(frozen=True)

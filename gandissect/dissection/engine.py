@@ -56,18 +56,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from ..common.fingerprint import fingerprint
 from ..common.hooks import Trace
 from .config import DissectConfig, DissectMismatchError
+from .folder import locked
 from .layer_stats import _finish_iqr, _finish_quantile, _first_bad, _LayerState
 from .progress import (
     Range,
     _add_range,
     _check_folder,
     _gaps,
-    _load_progress,
+    _load_state,
     _save_state,
     _split,
 )
@@ -315,11 +315,12 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     workers: after every finished chunk) and at the end of each round; calling again with the
     same arguments resumes from the saved state and returns exactly what an uninterrupted run
     returns (also with another ``workers``). A folder holding a run with other arguments raises
-    :class:`DissectMismatchError`. ``on_batch(pass, samples_done)`` is called after each batch
-    (with workers: after each finished chunk; ``samples_done`` counts the round's finished
-    samples), after its checkpoint if one is due. ``extra`` may set ``bins``, ``fine_log2``,
-    ``iqr_bins``, ``min_iqr``, ``model_name``, ``segmenter_name`` (recorded in the config, with
-    the weights' fingerprint).
+    :class:`DissectMismatchError`; one another run is using (it is locked for the whole call),
+    :class:`DissectLockedError`; a damaged saved state, :class:`DissectStateError`.
+    ``on_batch(pass, samples_done)`` is called after each batch (with workers: after each
+    finished chunk; ``samples_done`` counts the round's finished samples), after its checkpoint
+    if one is due. ``extra`` may set ``bins``, ``fine_log2``, ``iqr_bins``, ``min_iqr``,
+    ``model_name``, ``segmenter_name`` (recorded in the config, with the weights' fingerprint).
 
     ``workers > 1`` runs each round as chunks in that many spawned processes, each with
     ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling
@@ -339,8 +340,20 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
         raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers} and "
                          f"{threads_per_worker}")
     run = _Run.make(generator, segmenter, cfg, device)
-
     folder = Path(out) if out is not None else None
+    pool = _Pool(run, workers, executor, threads_per_worker) \
+        if workers > 1 or executor is not None else None
+    with locked(folder):
+        return _dissect_locked(run, folder, pool, checkpoint_seconds, progress, on_batch)
+
+
+def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
+                    checkpoint_seconds: float, progress: bool,
+                    on_batch: Callable[[int, int], None] | None) -> dict[str, LayerResult]:
+    """:func:`dissect` once ``folder`` (if any) is locked: reuse or resume what it holds, run
+    the rounds (on ``pool`` if any, closed at the end), save the results."""
+    cfg = run.cfg
+    names, samples, seed = cfg.layers, cfg.samples, cfg.seed
     state_path = folder / "state.safetensors" if folder else None
     if folder is not None:
         _check_folder(folder, cfg)
@@ -352,10 +365,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     phase = 1
     saved: dict[str, torch.Tensor] = {}
     if state_path is not None and state_path.exists():
-        from safetensors import safe_open
-        with safe_open(str(state_path), "pt") as f:
-            phase, done = _load_progress(f.metadata())
-        saved = load_file(str(state_path))
+        phase, done, saved = _load_state(state_path, cfg)
 
     def done_count() -> int:
         return sum(b - a for a, b in done)
@@ -392,8 +402,6 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
         if on_batch is not None:
             on_batch(phase, done_count())
 
-    pool = _Pool(run, workers, executor, threads_per_worker) \
-        if workers > 1 or executor is not None else None
     try:
         with torch.no_grad():
             while phase <= 2:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from .folder import atomic_write_bytes, temp_path
+
 _ARRAYS = ("thresholds", "iou", "intersection", "above", "concept_pixels", "topk_indices",
            "topk_values", "frac_above", "rank_error", "iqr")
 
@@ -19,16 +21,6 @@ _ARRAYS = ("thresholds", "iou", "intersection", "above", "concept_pixels", "topk
 def layer_filename(layer: str) -> str:
     """A file-system-safe stem for a layer name (``features.4`` -> ``features.4``)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", layer) or "_"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -123,9 +115,13 @@ class LayerResult:
         folder.mkdir(parents=True, exist_ok=True)
         stem = layer_filename(self.layer)
         arrays = {k: np.ascontiguousarray(getattr(self, k)) for k in _ARRAYS}
-        tmp = folder / f".{stem}.safetensors.tmp{os.getpid()}"
-        save_file(arrays, str(tmp))
-        os.replace(tmp, folder / f"{stem}.safetensors")
+        tmp = temp_path(folder / f"{stem}.safetensors")
+        try:
+            save_file(arrays, str(tmp))
+            os.replace(tmp, folder / f"{stem}.safetensors")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         info = {"layer": self.layer, "labels": self.labels, "categories": self.categories,
                 "meta": self.meta}
         atomic_write_bytes(folder / f"{stem}.json", json.dumps(info, indent=1).encode())
