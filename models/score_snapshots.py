@@ -75,11 +75,17 @@ def choose(scores: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 def markdown_table(scores: Sequence[dict[str, Any]], concepts: Sequence[str]) -> str:
     """One row per snapshot: FSD, FID, the coverage rule, and generated/rendered per concept."""
-    head = ["checkpoint", "iteration", "FSD", "FID", "coverage", *concepts]
+    head = ["checkpoint", "iteration", "FSD", "FID (floor)", "FID random enc. (floor)",
+            "coverage", "0.5-2x band", *concepts]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in scores:
-        cells = [s["label"], str(s["iteration"]), f"{s['fsd']:.4f}", f"{s['fid']:.1f}",
-                 "ok" if s["coverage_ok"] else "LOW: " + ", ".join(s["low"])]
+        band = ("ok" if s.get("rates_in_band") else
+                "out: " + ", ".join(s.get("out_of_band", ["?"])))
+        cells = [s["label"], str(s["iteration"]), f"{s['fsd']:.4f}",
+                 f"{s['fid']:.1f} ({s.get('fid_floor', float('nan')):.1f})",
+                 f"{s.get('fid_random', float('nan')):.2f} "
+                 f"({s.get('fid_random_floor', float('nan')):.2f})",
+                 "ok" if s["coverage_ok"] else "LOW: " + ", ".join(s["low"]), band]
         cells += [f"{s['ratios'][c]:.2f}" for c in concepts]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -121,6 +127,38 @@ def plot_scores(scores: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+#: Seed of the randomly initialised U-Net whose encoder gives the second FID.
+RANDOM_ENCODER_SEED = 0
+#: Issue 14's rate rule: concepts covering >= 0.2% of rendered pixels drawn at 0.5-2x.
+RATE_BAND = (0.5, 2.0)
+RATE_BAND_MIN_AREA = 0.002
+
+
+def random_encoder_features() -> Any:
+    """Pooled encoder features of a Toyworld-shaped U-Net with random weights (seeded by
+    ``RANDOM_ENCODER_SEED``): a feature space no generator was trained against."""
+    from gandissect.artifacts.realism import SegmenterFeatures
+    from segmenters.toyworld import ToyworldUNet
+
+    net = ToyworldUNet()
+    net.reset_parameters(torch.Generator().manual_seed(RANDOM_ENCODER_SEED))
+    return SegmenterFeatures(net.eval().down)
+
+
+@torch.no_grad()
+def rendered_fid(measure: Any, samples: int, start: int, batch_size: int) -> float:
+    """FID of rendered held-out scenes ``start..start+samples-1`` against ``measure``'s
+    reference (scenes ``0..start-1`` of the same seed): the floor a perfect generator would
+    reach with this many samples."""
+    from gandissect.artifacts.quality import HELD_OUT_SEED
+    from models.toyworld.render import render_batch
+
+    batches = (torch.from_numpy(render_batch(HELD_OUT_SEED, start + s, min(batch_size,
+                                                                           samples - s), 64)[0])
+               for s in range(0, samples, batch_size))
+    return float(measure.distance(measure.stats(batches)))
+
+
 class Scorer:
     """Reference statistics computed once; :meth:`score` measures one exported generator."""
 
@@ -146,8 +184,16 @@ class Scorer:
                                                batch_size, progress, "rendered")
         self.fid = FIDMeasure(SegmenterFeatures.from_segmenter(self.segmenter),
                               reference_samples, batch_size=batch_size)
+        # a second feature space the generator never trained against (a semantic
+        # discriminator or rate controller sees the segmenter): a randomly initialised U-Net
+        self.fid_random = FIDMeasure(random_encoder_features(), reference_samples,
+                                     batch_size=batch_size)
+        # floors: the same FID between rendered scenes disjoint from the reference
+        self.floors = {name: rendered_fid(measure, fid_samples, reference_samples, batch_size)
+                       for name, measure in (("fid", self.fid), ("fid_random", self.fid_random))}
         self.settings = {"samples": samples, "fid_samples": fid_samples, "seed": seed,
-                         "reference_samples": reference_samples}
+                         "reference_samples": reference_samples, "random_encoder_seed":
+                         RANDOM_ENCODER_SEED}
 
     @torch.no_grad()
     def score(self, generator: Any) -> dict[str, Any]:
@@ -166,7 +212,15 @@ class Scorer:
         fid = self.fid.score(generator, self.fid_samples, self.seed)
         if not np.isfinite(fid):
             raise ValueError(f"FID is {fid}: the generator's images are not finite")
-        return {"fsd": fsd_of(gen, self.reference), "fid": fid, "concept_rates": rates,
+        fid_random = self.fid_random.score(generator, self.fid_samples, self.seed)
+        rendered = {c: float(self.reference[:, k].mean()) for k, c in enumerate(self.labels)}
+        out_of_band = [c for c, r in rates.items() if rendered[c] >= RATE_BAND_MIN_AREA
+                       and not RATE_BAND[0] <= r["generated"] / r["rendered"] <= RATE_BAND[1]]
+        return {"fsd": fsd_of(gen, self.reference), "fid": fid,
+                "fid_floor": self.floors["fid"], "fid_random": fid_random,
+                "fid_random_floor": self.floors["fid_random"],
+                "rates_in_band": not out_of_band, "out_of_band": out_of_band,
+                "concept_rates": rates,
                 "ratios": {c: r["generated"] / r["rendered"] if r["rendered"] > 0 else 0.0
                            for c, r in rates.items()},
                 "coverage_ok": all(ok.values()), "low": [c for c, v in ok.items() if not v],

@@ -79,3 +79,26 @@ def test_scores_match_gan_quality_and_are_cached(run: Path, tmp_path: Path,
 def test_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ss.main([str(tmp_path), *FAST]) == 2
     assert "no snapshots" in capsys.readouterr().err
+
+
+def test_fid_floor_and_random_encoder(run: Path) -> None:
+    """The FID floor is the FID of rendered scenes disjoint from the reference (0 for the
+    reference scenes themselves); the second FID uses a seeded random U-Net encoder."""
+    import torch
+
+    from gandissect.artifacts.realism import FIDMeasure
+
+    feats = ss.random_encoder_features()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(feats(x), ss.random_encoder_features()(x))  # deterministic
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                      # few samples for FID: expected
+        measure = FIDMeasure(feats, reference_samples=16, batch_size=8)
+        assert ss.rendered_fid(measure, 16, 0, 8) == pytest.approx(0.0, abs=1e-6)
+        assert ss.rendered_fid(measure, 16, 16, 8) > 1e-4
+        scorer = ss.Scorer(8, 8, 16, seed=0, batch_size=8, progress=False)
+        snap = run / "snapshots" / "iter_000001"
+        score = ss.score_folder(snap, scorer, bn_batches=1)
+    assert score["fid_floor"] == pytest.approx(scorer.floors["fid"])
+    assert score["fid_random"] > score["fid_random_floor"] > 0  # 1 iteration: far from real
+    assert score["rates_in_band"] == (not score["out_of_band"])
