@@ -23,11 +23,13 @@ when shrinking); the result is clamped to [0, 1]. Nothing is resized silently in
 
 from __future__ import annotations
 
+import operator
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,29 @@ from ..common.hooks import EditFn, Trace, check_feature_map, resolve_layer
 
 #: A per-unit coefficient: one scalar for all units, or one value per unit.
 Coefficient = float | Sequence[float] | torch.Tensor
+
+
+def _unit_index(u: object) -> int:
+    """``u`` as a unit index: ints, numpy integers and integer tensors; bools, floats (even
+    ``2.0``) and strings are refused rather than truncated or parsed."""
+    if isinstance(u, bool | np.bool_) or (isinstance(u, torch.Tensor) and u.dtype == torch.bool):
+        raise TypeError(f"unit indices must be integers, got the bool {u!r}")
+    try:
+        return operator.index(u)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"unit indices must be integers, got {u!r} ({type(u).__name__})"
+                        ) from None
+
+
+def _check_finite(name: str, t: torch.Tensor, units: Sequence[int]) -> None:
+    """Raise a ValueError if ``t`` (one value per unit) holds NaN or infinity: it would make
+    the edited images non-finite."""
+    values = t.detach()
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(f"unit {units[i]}: {float(values[i])}" for i in bad[:5])
+        raise ValueError(f"Edit {name} must be finite, got {shown}"
+                         + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
 
 
 def _as_vector(name: str, value: Coefficient, k: int) -> torch.Tensor:
@@ -56,8 +81,10 @@ class Edit:
     """Change ``units`` of ``layer`` by ``A' = A*(1 - alpha*m) + replacement*alpha*m``.
 
     ``alpha`` and ``replacement`` are scalars or per-unit (length ``len(units)``); tensors are
-    used as given (so an ``alpha`` that requires grad can be optimised). ``mask`` is ``None``
-    (everywhere), ``[h, w]`` or ``[n, h, w]`` in [0, 1]; see the module docs for resizing.
+    used as given (so an ``alpha`` that requires grad can be optimised); both must be finite.
+    ``units`` are integers (int, numpy or torch integers; bools and floats are refused).
+    ``mask`` is ``None`` (everywhere), ``[h, w]`` or ``[n, h, w]`` in [0, 1]; see the module
+    docs for resizing.
     """
 
     layer: str
@@ -69,8 +96,10 @@ class Edit:
     def __post_init__(self) -> None:
         if not isinstance(self.layer, str) or not self.layer:
             raise TypeError(f"Edit layer must be a layer name (str), got {self.layer!r}")
-        raw = [self.units] if isinstance(self.units, int) else list(self.units)
-        units = tuple(int(u) for u in raw)
+        single = (not isinstance(self.units, Iterable) or isinstance(self.units, str)
+                  or getattr(self.units, "ndim", 1) == 0)  # one unit, or a 0-d array/tensor
+        raw = [self.units] if single else list(self.units)
+        units = tuple(_unit_index(u) for u in raw)
         if not units:
             raise ValueError("Edit needs at least one unit")
         if min(units) < 0:
@@ -79,9 +108,10 @@ class Edit:
             raise ValueError(f"duplicate unit indices in {list(units)}")
         object.__setattr__(self, "units", units)
         alpha = _as_vector("alpha", self.alpha, len(units))
+        _check_finite("alpha", alpha, units)
         if not alpha.requires_grad and ((alpha < 0).any() or (alpha > 1).any()):
             raise ValueError(f"Edit alpha must lie in [0, 1], got {alpha.tolist()}")
-        _as_vector("replacement", self.replacement, len(units))
+        _check_finite("replacement", _as_vector("replacement", self.replacement, len(units)), units)
         if self.mask is not None:
             mask = torch.as_tensor(self.mask)
             if mask.dim() not in (2, 3):
@@ -204,7 +234,8 @@ class intervene:  # noqa: N801 - used like a function: ``with intervene(g, *edit
     Layers are checked on entry (a wrong name raises a ValueError listing the valid ones); unit
     indices are checked on entry when ``check=True`` (one partial forward pass per layer) and
     always on every forward pass. Hooks are removed on exit, also after an exception. Several
-    edits of one layer are applied in the order given.
+    edits of one layer are applied in the order given. One object may serve several ``with``
+    blocks one after another, but not one inside another (a RuntimeError, hooks untouched).
     """
 
     def __init__(self, generator: nn.Module, *edits: Edit, check: bool = True) -> None:
@@ -214,12 +245,18 @@ class intervene:  # noqa: N801 - used like a function: ``with intervene(g, *edit
         if check and self._by_layer and callable(getattr(generator, "sample_latents", None)):
             check_edits(generator, *edits)
         self._trace: Trace | None = None
+        self._active = False
 
     def __enter__(self) -> intervene:
+        if self._active:
+            raise RuntimeError("this intervene(...) is already active: it cannot be entered "
+                               "again inside its own `with` block; create a new "
+                               "intervene(...) per `with`")
         if self._by_layer:
-            self._trace = Trace(self.generator, list(self._by_layer), edit=_edit_fn(self._by_layer),
-                                retain=False)
-            self._trace.__enter__()
+            trace = Trace(self.generator, list(self._by_layer), edit=_edit_fn(self._by_layer),
+                          retain=False)
+            self._trace = trace.__enter__()  # set only once every hook is attached
+        self._active = True
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -227,6 +264,7 @@ class intervene:  # noqa: N801 - used like a function: ``with intervene(g, *edit
         if self._trace is not None:
             self._trace.close()
             self._trace = None
+        self._active = False
 
 
 class EditHandle:

@@ -1,6 +1,7 @@
 """Edits as data: the one rule, validation, and no leaks (also after exceptions)."""
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,73 @@ def test_alpha_tensor_keeps_gradient(gen: models.Generator) -> None:
         out = gen(z)
     out.sum().backward()
     assert alpha.grad is not None and alpha.grad.shape == (2,) and alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": float("nan")}, "alpha must be finite"),
+    ({"alpha": [1.0, float("nan")]}, "alpha must be finite"),
+    ({"alpha": torch.tensor([0.5, float("nan")], requires_grad=True)}, "alpha must be finite"),
+    ({"replacement": float("nan")}, "replacement must be finite"),
+    ({"replacement": float("inf")}, "replacement must be finite"),
+    ({"replacement": torch.tensor([1.0, -float("inf")])}, "replacement must be finite"),
+])
+def test_non_finite_alpha_or_replacement_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Edit("layout", [0, 1], **kwargs)
+    with pytest.raises(ValueError, match=message):
+        insertion("layout", [0, 1], kwargs.get("replacement", 1.0),
+                  alpha=kwargs.get("alpha", 1.0))
+
+
+@pytest.mark.parametrize("units", [1.7, [0, 1.7], [2.0], True, [0, True], [np.True_],
+                                   [torch.tensor(True)], "12", ["3"], [torch.tensor(1.0)],
+                                   np.float64(2.0), torch.tensor(True)])
+def test_units_must_be_integers(units: object) -> None:
+    with pytest.raises(TypeError, match="unit indices must be integers"):
+        Edit("layout", units)  # type: ignore[arg-type]
+
+
+def test_integer_unit_forms_still_work() -> None:
+    want = (3, 1)
+    for units in ([3, 1], (3, 1), np.array([3, 1]), np.array([3, 1], dtype=np.int32),
+                  [np.int64(3), np.uint8(1)], torch.tensor([3, 1]), [torch.tensor(3), 1]):
+        assert Edit("layout", units).units == want  # type: ignore[arg-type]
+    assert Edit("layout", range(2)).units == (0, 1)
+    assert Edit("layout", 4).units == (4,)  # type: ignore[arg-type]
+    assert Edit("layout", np.int64(4)).units == (4,)  # type: ignore[arg-type]
+    assert Edit("layout", torch.tensor(4)).units == (4,)  # type: ignore[arg-type]
+
+
+def test_re_entering_one_intervene_is_refused_and_leaves_nothing(gen: models.Generator) -> None:
+    z = gen.sample_latents(3, seed=2)
+    before = gen(z)
+    ctx = intervene(gen, ablation("layout", [gen.planted_units["sky"]]))
+    with pytest.raises(RuntimeError, match=r"create a new intervene\(\.\.\.\) per `with`"):
+        with ctx:
+            edited = gen(z)
+            with ctx:
+                pass
+    assert not torch.equal(edited, before)
+    assert torch.equal(gen(z), before) and _no_hooks(gen)
+    # the same misuse after an exception inside the inner block
+    with pytest.raises(RuntimeError, match="already active"):
+        with ctx:
+            try:
+                with ctx:
+                    raise KeyError("never reached")
+            finally:
+                assert not _no_hooks(gen)  # the outer block is still editing here
+    assert torch.equal(gen(z), before) and _no_hooks(gen)
+    # one object may still serve blocks one after another
+    for _ in range(2):
+        with ctx:
+            assert torch.equal(gen(z), edited)
+        assert torch.equal(gen(z), before) and _no_hooks(gen)
+    # an exception inside the block, then the object is reusable and nothing leaks
+    with pytest.raises(ZeroDivisionError):
+        with ctx:
+            _ = 1 / 0
+    assert torch.equal(gen(z), before) and _no_hooks(gen)
+    with ctx:
+        assert torch.equal(gen(z), edited)
+    assert torch.equal(gen(z), before) and _no_hooks(gen)
