@@ -4,6 +4,11 @@
 --top-k 2 --rank-by ace --samples 200 --seed 0 --out results/ablate --json``
 writes ``result.json``, ``effect_vs_k.png`` (top-k vs random units), ``before_after.png``
 (rows: original, edited, random units edited) and, for ``insert --heatmap``, ``heatmap.png``.
+
+``--top-k`` ranks units on other samples than the effect is measured on: ace and optimized
+rankings use ``--rank-samples`` latents of ``--rank-seed`` (default ``--seed + 1``), an iou
+ranking the dissection's own seed (refused when it is ``--seed``); ``result.json`` records both
+(``ranked_on``, ``measured_on``).
 """
 
 from __future__ import annotations
@@ -65,36 +70,112 @@ def load_mask(args: argparse.Namespace, h: int, w: int) -> torch.Tensor | None:
         path = Path(args.mask)
         if not path.exists():
             raise FileNotFoundError(f"mask file {path} does not exist")
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False).astype(np.float32)
-        else:
-            from PIL import Image
+        try:
+            if path.suffix == ".npy":
+                arr = np.load(path, allow_pickle=False).astype(np.float32)
+            else:
+                from PIL import Image
 
-            arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+                with Image.open(path) as im:
+                    arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        except (OSError, ValueError, EOFError) as exc:  # PIL's UnidentifiedImageError is OSError
+            raise ValueError(f"--mask {path} is not a readable mask: give a .npy array in "
+                             f"[0, 1] or a grayscale image such as a PNG ({exc})") from None
         mask = torch.from_numpy(arr)
         Edit(args.layer, [0], mask=mask)  # validates dimensions and range
         return mask
     return None
 
 
-def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int) -> UnitRanking:
+def _dissect_command(folder: Path, layer: str) -> str:
+    """The ``gandissect dissect`` command that makes ``folder`` (from its config.json when
+    readable, else with placeholders)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        return (f"gandissect dissect --model {cfg['model_name'] or 'MODEL'} --segmenter "
+                f"{cfg['segmenter_name'] or 'SEGMENTER'} "
+                + " ".join(f"--layer {name}" for name in cfg["layers"])
+                + f" --samples {cfg['samples']} --seed {cfg['seed']} --out {folder}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"gandissect dissect --model MODEL --segmenter SEGMENTER --layer {layer} " \
+               f"--out {folder}"
+
+
+def read_dissection(folder: str, layer: str) -> Any:
+    """The :class:`~gandissect.dissection.results.LayerResult` of ``layer`` in the dissection
+    output ``folder``; a missing or damaged file raises a ValueError that names it and says how
+    to regenerate the folder."""
+    from safetensors import SafetensorError
+
+    from ..dissection.results import LayerResult, layer_filename
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"--dissection {path} is not a folder; give the output folder of "
+                         f"`gandissect dissect` ({_dissect_command(path, layer)})")
+    index = path / "results.json"
+    if not index.is_file():
+        raise ValueError(f"--dissection {path} holds no finished dissection (results.json is "
+                         f"missing); run `{_dissect_command(path, layer)}` to finish or redo it")
+    redo = f"delete {path} and run `{_dissect_command(path, layer)}` to regenerate it"
+    try:
+        layers = list(json.loads(index.read_text())["layers"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--dissection {path}: results.json is damaged ({exc!r}); {redo}"
+                         ) from None
+    if layer not in layers:
+        raise ValueError(f"dissection {path} has no layer {layer!r}; it has: "
+                         f"{', '.join(map(str, layers))}")
+    stem = layer_filename(layer)
+    missing = [name for name in (f"{stem}.json", f"{stem}.safetensors")
+               if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"--dissection {path} is incomplete: {' and '.join(missing)} (layer "
+                         f"{layer!r}) missing; {redo}")
+    try:
+        return LayerResult.load(path, layer)
+    except SafetensorError as exc:
+        damaged = f"{stem}.safetensors is damaged ({exc})"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        damaged = f"{stem}.json is damaged ({exc!r})"
+    raise ValueError(f"--dissection {path}: {damaged}; {redo}")
+
+
+def rank_seed(args: argparse.Namespace) -> int:
+    """The seed whose samples rank units: ``--rank-seed``, by default ``--seed + 1``; never the
+    seed the effect is measured on."""
+    seed = args.seed + 1 if args.rank_seed is None else args.rank_seed
+    if seed == args.seed:
+        raise ValueError(f"--rank-seed {seed} must differ from --seed {args.seed}: units ranked "
+                         "on the samples they are measured on overstate their effect")
+    return int(seed)
+
+
+def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int
+             ) -> tuple[UnitRanking, dict[str, Any]]:
+    """The ranking for ``--top-k`` and what it was computed on (method, seed, samples)."""
     method = args.rank_by or ("iou" if args.dissection else "ace")
     if method == "iou":
         if not args.dissection:
             raise ValueError("--rank-by iou needs --dissection PATH (the output folder of "
                              "`gandissect dissect`); or use --rank-by ace")
-        from ..dissection.results import load_results
-
-        results = load_results(args.dissection)
-        if args.layer not in results:
-            raise ValueError(f"dissection {args.dissection} has no layer {args.layer!r}; "
-                             f"it has: {', '.join(results)}")
-        return rank_by_iou(results[args.layer], args.concept)
+        result = read_dissection(args.dissection, args.layer)
+        seed, samples = result.meta.get("seed"), result.meta.get("samples")
+        if seed == args.seed:
+            raise ValueError(f"the dissection {args.dissection} ranked units on seed {seed}, "
+                             f"the seed --seed measures on; give another --seed so that "
+                             "ranking and measurement use different samples")
+        return rank_by_iou(result, args.concept), {
+            "method": "iou", "dissection": str(args.dissection), "seed": seed,
+            "samples": samples}
+    seed = rank_seed(args)
+    ranked_on = {"method": method, "dissection": None, "seed": seed, "samples": rank_samples}
     if method == "ace":
-        return single_unit_ace(gen, seg, args.concept, args.layer, rank_samples, args.seed,
-                               batch_size=args.batch_size)
+        return single_unit_ace(gen, seg, args.concept, args.layer, rank_samples, seed,
+                               batch_size=args.batch_size), ranked_on
     return optimize_alpha(gen, seg, args.concept, args.layer, mode="ablate",
-                          samples=rank_samples, seed=args.seed, batch_size=args.batch_size)
+                          samples=rank_samples, seed=seed, batch_size=args.batch_size
+                          ), ranked_on
 
 
 @torch.no_grad()
@@ -143,7 +224,8 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank_samples = args.rank_samples or min(args.samples, 100)
-    ranking = None
+    sweep_samples = args.sweep_samples or min(args.samples, 100)
+    ranking, ranked_on = None, None
     if args.units:
         units = parse_units(args.units)
         Edit(args.layer, units).check_layer(n_units, h, w)
@@ -152,7 +234,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
         if not 1 <= args.top_k <= n_units:
             raise ValueError(f"--top-k must be in 1..{n_units} (units of layer {args.layer!r}), "
                              f"got {args.top_k}")
-        ranking = _ranking(args, gen, seg, rank_samples)
+        ranking, ranked_on = _ranking(args, gen, seg, rank_samples)
         units = ranking.top(args.top_k)
         order = list(ranking.order)
     stats = None
@@ -169,7 +251,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     ks = default_ks(len(units))
     name = "units" if ranking is None else ranking.method
     sweep = effect_sweep(gen, seg, args.concept, args.layer, {name: order}, ks,
-                         mode=mode, samples=args.sweep_samples or min(args.samples, 100),  # type: ignore[arg-type]
+                         mode=mode, samples=sweep_samples,  # type: ignore[arg-type]
                          seed=args.seed, random_baseline=not args.no_random, stats=stats,
                          batch_size=args.batch_size)
     plot_sweep(sweep, ks, out / "effect_vs_k.png",
@@ -198,7 +280,10 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     result: dict[str, Any] = {
         "command": mode, "model": args.model, "segmenter": args.segmenter,
         "layer": args.layer, "concept": args.concept, "units": units,
-        "samples": args.samples, "seed": args.seed, "rank_by": None if ranking is None
+        "samples": args.samples, "seed": args.seed, "ranked_on": ranked_on,
+        "measured_on": {"seed": args.seed, "samples": args.samples,
+                        "sweep_samples": sweep_samples},
+        "rank_by": None if ranking is None
         else ranking.method, "ranking": None if ranking is None else ranking.to_dict(
             min(len(ranking.order), max(20, len(units)))),
         "mask": None if mask is None else {"shape": list(mask.shape),
@@ -241,11 +326,20 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     g.add_argument("--top-k", type=int, help="use the k best units of a ranking")
     p.add_argument("--rank-by", choices=("iou", "ace", "optimized"), default=None,
                    help="ranking for --top-k (default: iou with --dissection, else ace)")
-    p.add_argument("--dissection", default=None, help="dissection output folder (for iou)")
-    p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--rank-samples", type=int, default=None, help="default min(samples, 100)")
+    p.add_argument("--dissection", default=None, help="dissection output folder (for iou; "
+                   "its seed must differ from --seed)")
+    p.add_argument("--samples", type=int, default=200, help="samples the effect is measured on")
+    p.add_argument("--rank-samples", type=int, default=None,
+                   help="samples of --rank-seed that rank units (ace, optimized); default "
+                        "min(samples, 100)")
     p.add_argument("--sweep-samples", type=int, default=None, help="default min(samples, 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="latent seed of the samples the effect is measured on")
+    p.add_argument("--rank-seed", type=int, default=None,
+                   help="latent seed of the samples that rank units for --top-k (ace, "
+                        "optimized); default --seed + 1, and never --seed, so that units are "
+                        "not measured on the samples that chose them; result.json records both "
+                        "(ranked_on, measured_on)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--box", default=None, help="edit only in y0,x0,y1,x1 (layer cells)")
     p.add_argument("--mask", default=None, help="edit only inside this mask (.npy or .png)")
