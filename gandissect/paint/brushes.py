@@ -5,12 +5,20 @@ A :class:`Brush` is a concept's units of one layer, ranked by causal effect (sin
 among the units that best match the concept by dissection IoU), with per-unit insertion values
 (a high quantile of each unit's activations). A :class:`BrushSet` holds a layer's brushes.
 Strokes, history and rendering: :mod:`gandissect.paint.painter`.
+
+The cache (:func:`load_or_build_brushes`) is checked before it is used
+(:meth:`BrushSet.check`: format, finite numbers, unit indices, the layer's shape and the
+weights' fingerprint); a cache that fails is rebuilt with a warning saying why. A cache folder
+that cannot be written is a :class:`BrushCacheError` before anything is built.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +26,34 @@ from typing import Any
 
 import numpy as np
 
+from ..common.fingerprint import fingerprint
 from ..dissection.engine import dissect
+from ..dissection.folder import atomic_write_bytes
 from ..intervention.causal import measure_concepts, unit_statistics
-from ..intervention.edit import Edit
+from ..intervention.edit import Edit, layer_shape
 from ..intervention.ranking import UnitRanking, rank_by_iou
 
-BRUSH_FORMAT = 1
+#: 2: ``meta`` records the layer's shape (``layer_shape``) and the weights (``weights``)
+BRUSH_FORMAT = 2
 #: Units ablated between two progress messages while building brushes.
 ABLATION_CHUNK = 32
+
+
+class BrushCacheError(ValueError):
+    """The brush cache folder cannot be written (the message names it and how to choose
+    another)."""
+
+
+def _ints(name: str, xs: Any) -> tuple[int, ...]:
+    if not isinstance(xs, list) or not all(type(x) is int for x in xs):
+        raise ValueError(f"{name} must be a list of integers, got {xs!r:.80}")
+    return tuple(xs)
+
+
+def _floats(name: str, xs: Any) -> tuple[float, ...]:
+    if not isinstance(xs, list) or not all(type(x) in (int, float) for x in xs):
+        raise ValueError(f"{name} must be a list of numbers, got {xs!r:.80}")
+    return tuple(float(x) for x in xs)
 
 
 @dataclass(frozen=True)
@@ -65,15 +93,59 @@ class BrushSet:
 
     @classmethod
     def from_json(cls, text: str) -> BrushSet:
+        """Parse :meth:`to_json`'s text; ValueError saying what is malformed (units must be
+        JSON integers, values numbers: nothing is truncated or parsed from strings)."""
         d = json.loads(text)
-        if d.get("format") != BRUSH_FORMAT:
-            raise ValueError(f"brush file format {d.get('format')!r} is not {BRUSH_FORMAT}")
-        layer = str(d["layer"])
-        brushes = {b["concept"]: Brush(b["concept"], layer, tuple(int(u) for u in b["units"]),
-                                       tuple(float(s) for s in b["scores"]),
-                                       tuple(float(v) for v in b["values"]))
-                   for b in d["brushes"]}
-        return cls(layer, brushes, tuple(float(v) for v in d["quantile"]), dict(d["meta"]))
+        if not isinstance(d, dict) or d.get("format") != BRUSH_FORMAT:
+            found = d.get("format") if isinstance(d, dict) else None
+            raise ValueError(f"brush file format {found!r} is not {BRUSH_FORMAT}")
+        try:
+            layer, meta = d["layer"], d["meta"]
+            if not isinstance(layer, str) or not isinstance(meta, dict):
+                raise ValueError("layer must be a string and meta an object")
+            brushes = {}
+            for b in d["brushes"]:
+                c = b["concept"]
+                brushes[c] = Brush(c, layer, _ints(f"units of {c!r}", b["units"]),
+                                   _floats(f"scores of {c!r}", b["scores"]),
+                                   _floats(f"values of {c!r}", b["values"]))
+            return cls(layer, brushes, _floats("quantile", d["quantile"]), dict(meta))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed brush file ({type(e).__name__}: {e})") from e
+
+    def check(self, layer: str, shape: tuple[int, int, int], weights: str) -> None:
+        """Raise ValueError saying what is wrong unless these brushes fit ``layer`` of shape
+        ``shape`` (units, h, w) of the models whose fingerprint is ``weights``: every number
+        finite, every unit an index below ``units``, one insertion value per unit."""
+        if self.layer != layer:
+            raise ValueError(f"brushes of layer {self.layer!r}, not {layer!r}")
+        if self.meta.get("weights") != weights:
+            raise ValueError(f"built for weights {self.meta.get('weights')!r}, the models' "
+                             f"fingerprint is {weights!r}")
+        if self.meta.get("layer_shape") != list(shape):
+            raise ValueError(f"built for layer shape {self.meta.get('layer_shape')!r}, "
+                             f"{layer!r} has {list(shape)}")
+        units = shape[0]
+        if len(self.quantile) != units:
+            raise ValueError(f"{len(self.quantile)} insertion values for {units} units")
+        numbers = {"quantile": self.quantile, **{f"meta {k}": (v,) for k, v in self.meta.items()
+                                                 if type(v) in (int, float)}}
+        for b in self.brushes.values():
+            if b.layer != layer or not b.units or not (
+                    len(b.units) == len(b.scores) == len(b.values)):
+                raise ValueError(f"brush {b.concept!r}: {len(b.units)} units, "
+                                 f"{len(b.scores)} scores, {len(b.values)} values")
+            bad = [u for u in b.units if not 0 <= u < units]
+            if bad:
+                raise ValueError(f"brush {b.concept!r} has unit {bad[0]}; {layer!r} has units "
+                                 f"0..{units - 1}")
+            if len(set(b.units)) != len(b.units):
+                raise ValueError(f"brush {b.concept!r} repeats units")
+            numbers.update({f"scores of {b.concept!r}": b.scores,
+                            f"values of {b.concept!r}": b.values})
+        for name, xs in numbers.items():
+            if not all(math.isfinite(x) for x in xs):
+                raise ValueError(f"{name} hold NaN or infinity")
 
 
 def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200,
@@ -127,7 +199,8 @@ def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200
         brushes[concept] = Brush(concept, layer, tuple(units),
                                  tuple(float(ace.scores[u]) for u in units), tuple(values))
     meta = {"samples": samples, "seed": seed, "candidates": candidates,
-            "ace_samples": ace_samples, "q": q}
+            "ace_samples": ace_samples, "q": q, "layer_shape": list(result.meta["layer_shape"]),
+            "weights": result.meta["weights"]}
     return BrushSet(layer, brushes, tuple(float(v) for v in quant), meta)
 
 
@@ -137,23 +210,50 @@ def cache_dir() -> Path:
     return Path(root) / "brushes"
 
 
+def _check_writable(folder: Path, default: bool) -> None:
+    """Raise :class:`BrushCacheError` unless a file can be created in ``folder`` (made if
+    missing); ``default``: ``folder`` is :func:`cache_dir` (advise ``GANDISSECT_CACHE``)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        how = ("set the environment variable GANDISSECT_CACHE to a writable folder (brushes "
+               "are cached in its brushes/ subfolder)" if default else
+               "give a writable folder")
+        raise BrushCacheError(f"cannot write the brush cache in {folder} "
+                              f"({e.strerror or e}); {how}. Nothing was built (building takes "
+                              f"minutes)") from e
+
+
 def load_or_build_brushes(generator: Any, segmenter: Any, layer: str, key: str,
                           folder: str | Path | None = None,
                           progress: Callable[[str], None] | None = None,
                           **build: Any) -> BrushSet:
-    """Brushes from ``folder/<key>.json`` if present and readable, else built and saved there
-    atomically (a corrupt cache file is rebuilt)."""
-    path = Path(folder or cache_dir()) / f"{key}.json"
-    if path.is_file():
+    """Brushes from ``folder/<key>.json`` (default folder :func:`cache_dir`) if it passes
+    :meth:`BrushSet.check` against the models, else built and saved there atomically (a cache
+    that fails is rebuilt and overwritten, with a warning saying what was wrong). Raises
+    :class:`BrushCacheError` before building when the folder cannot be written."""
+    say = progress or (lambda _msg: None)
+    where = Path(folder) if folder is not None else cache_dir()
+    path = where / f"{key}.json"
+    if path.exists():
+        shape, weights = layer_shape(generator, layer), fingerprint(generator, segmenter)
         try:
             brushes = BrushSet.from_json(path.read_text())
-            if brushes.layer == layer:
-                return brushes
-        except (ValueError, KeyError, TypeError):
-            pass
+            brushes.check(layer, shape, weights)
+            return brushes
+        except (OSError, ValueError) as e:                 # JSON errors are ValueErrors
+            msg = f"brush cache {path} is not usable ({e}); rebuilding it"
+            warnings.warn(msg, stacklevel=2)
+            say(msg)
+    _check_writable(where, folder is None)
     brushes = build_brushes(generator, segmenter, layer, progress=progress, **build)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(brushes.to_json())
-    os.replace(tmp, path)
+    try:
+        atomic_write_bytes(path, brushes.to_json().encode())
+    except OSError as e:                     # keep the minutes of work; say why it is not cached
+        msg = f"could not save brushes to {path} ({e}); they will be rebuilt next time"
+        warnings.warn(msg, stacklevel=2)
+        say(msg)
     return brushes
