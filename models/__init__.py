@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .base import Generator, check_loader_kwargs, per_index_normal
+from .base import Generator, check_device, check_loader_kwargs, per_index_normal
 
 #: Bundled generators: name -> ("module:callable", one-line description).
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -32,8 +32,10 @@ def load(name: str, device: str = "cpu", **kwargs: Any) -> Generator:
     Bundled models (:data:`REGISTRY`) load from the package; zoo models (``models.zoo.ZOO``)
     and families with ``path=`` go through :func:`models.zoo.load_zoo_model` (verified,
     cached download; ``trust_pickle`` etc. pass through). An unknown name raises a ValueError
-    listing the known ones.
+    listing the known ones, and so does a device this machine lacks (e.g. ``"cuda"`` without
+    CUDA), before anything is loaded.
     """
+    check_device(device)
     if name not in REGISTRY:
         from .zoo import FAMILIES, ZOO, load_zoo_model
 

@@ -105,3 +105,24 @@ def check_loader_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], kin
     if "path" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise ValueError(f"{kind} {name!r} is built in and loads no checkpoint; use {name!r} "
                          "without ':PATH'")
+
+
+def check_device(device: str | torch.device, how: str = "device='cpu'") -> torch.device:
+    """``device`` as a :class:`torch.device`; a ValueError (instead of torch's AssertionError at
+    the first ``.to``) for a malformed name or a device this machine lacks. ``how`` ends the
+    message's advice ("use ...")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r} ({exc}); use {how}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available on this machine "
+                             f"(torch.cuda.is_available() is False); use {how}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"MPS is not available on this machine "
+                         f"(torch.backends.mps.is_available() is False); use {how}")
+    return dev

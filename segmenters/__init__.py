@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from models.base import check_loader_kwargs
+from models.base import check_device, check_loader_kwargs
 
 from .base import KNOWN_CATEGORIES, Segmenter
 
@@ -33,7 +33,9 @@ def available() -> dict[str, str]:
 
 
 def load(name: str, device: str = "cpu", **kwargs: Any) -> Segmenter:
-    """The segmenter called ``name`` on ``device``; an unknown name lists the known ones."""
+    """The segmenter called ``name`` on ``device``; an unknown name lists the known ones, and a
+    device this machine lacks raises a clear ValueError before anything is loaded."""
+    check_device(device)
     if name not in REGISTRY:
         raise ValueError(f"unknown segmenter {name!r}; known segmenters: "
                          f"{', '.join(sorted(REGISTRY))}")

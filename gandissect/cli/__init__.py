@@ -8,7 +8,9 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,58 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli.app",
     "gandissect.cli.artifacts",
 )
+
+
+#: Integer options that count or size something: every subcommand refuses values below 1 for
+#: them (an argparse error, exit 2) instead of running on a silently replaced value.
+COUNT_OPTIONS: frozenset[str] = frozenset({
+    "samples", "batch_size", "size", "ncol", "scale", "seg_resolution", "workers",
+    "report_units", "top_k", "rank_samples", "sweep_samples", "threads", "heatmap_size",
+    "heatmap_samples", "eval_samples", "top", "pool", "verify_samples", "random_draws",
+    "reference_samples"})
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for :data:`COUNT_OPTIONS`: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _check_counts(parser: argparse.ArgumentParser) -> None:
+    """Give every int option of ``parser``'s subcommands named in :data:`COUNT_OPTIONS` the
+    :func:`positive_int` type."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _check_counts(sub)
+        elif action.type is int and action.dest in COUNT_OPTIONS:
+            action.type = positive_int
+
+
+def check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be written, before any work: ``path`` must be a
+    folder or not exist yet, and the folder that will hold it must be writable (probed with a
+    temporary file, so read-only file systems are caught too). Nothing is created."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file, not a folder; give a folder path")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {out} lies under {parent}, which is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".gandissect-write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option} {out}: cannot write in {parent} ({exc.strerror or exc}); "
+                         "give a writable folder") from None
+    return out
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
@@ -79,8 +133,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
     """Render Toyworld scenes, optionally segment them, and write grids and masks."""
     from models.toyworld import CONCEPTS, render_batch
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     out = Path(args.out)
     images, masks = render_batch(args.seed, 0, args.samples, args.size)
     leaf_channels = [CONCEPTS.index(c) for c in CONCEPTS if c not in ("tree", "house")]
@@ -172,17 +224,50 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
+    _check_counts(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gandissect`` console script."""
-    args = build_parser().parse_args(argv)
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks every subcommand shares, before any work: ``--device`` exists on this machine,
+    ``--out`` can be written."""
+    from models.base import check_device
+
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, how="--device cpu")
+    if getattr(args, "out", None) is not None:
+        check_out_dir(args.out)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe
+    (``gandissect models | head``) raises nothing."""
     try:
-        return int(args.func(args))
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gandissect`` console script; returns the exit status (2 for bad
+    arguments or input, with ``gandissect COMMAND: error: ...`` on stderr; 141 when stdout
+    is a pipe that closed early)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    try:
+        _check_args(args)
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except (ValueError, FileNotFoundError, TypeError, ImportError) as exc:
         print(f"gandissect {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout has gone (e.g. `| head`): stop quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a process a closed pipe ended
     except KeyboardInterrupt:
         print(f"gandissect {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -85,7 +85,16 @@ def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
             raise ValueError("--checkpoint only applies to --model toyworld")
         from models.toyworld_gan import ToyworldDiscriminator, ToyworldGenerator
 
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {path} does not exist or is not a file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to read means a bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"--checkpoint {path} is not a readable PyTorch checkpoint "
+                             f"({type(exc).__name__}{': ' + first if first else ''}); give a "
+                             "checkpoint written by python -m models.train_toyworld_gan") from None
         if not isinstance(state, dict) or not {"g_ema", "d"} <= set(state):
             raise ValueError(f"{args.checkpoint} is not a Toyworld GAN training checkpoint "
                              "(needs keys g_ema and d)")
@@ -102,6 +111,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
             raise ValueError(f"{args.checkpoint} does not fit the Toyworld GAN of this version "
                              f"({str(exc).splitlines()[0]}); use a checkpoint written by "
                              "python -m models.train_toyworld_gan") from None
+        for part, net in (("g_ema", tgen), ("d", tdisc)):
+            bad = [k for k, v in net.state_dict().items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise ValueError(f"--checkpoint {path}: {part} holds NaN or infinite weights "
+                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                                 "the training diverged, use an earlier checkpoint")
         return tgen.eval(), tdisc.eval()
     import models
 
@@ -115,6 +131,18 @@ def _load(args: argparse.Namespace) -> tuple[Any, nn.Module | None]:
         raise ValueError(f"model {args.model!r} has no bundled discriminator; use "
                          "--measure fid")
     return gen, disc
+
+
+def _int_list(option: str, text: str, minimum: int) -> list[int]:
+    """``"5,10"`` -> ``[5, 10]``, each >= ``minimum``, with a clear error for anything else."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers like 5,10; got {text!r}"
+                         ) from None
+    if not values or min(values) < minimum:
+        raise ValueError(f"{option} needs integers >= {minimum}, got {text!r}")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     limit_numpy_blas_threads(1)
-    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    ks = _int_list("--ks", args.ks, minimum=1)
     eval_seed = args.seed + 1 if args.eval_seed is None else args.eval_seed
     noise_seed = eval_seed + 1
     if args.seed in (eval_seed, noise_seed):
@@ -154,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plant:
         from ..artifacts.plant import plant_artifacts
 
-        planted_units = [int(u) for u in args.plant.split(",") if u.strip()]
+        planted_units = _int_list("--plant", args.plant, minimum=0)
         gen = plant_artifacts(gen, args.layer, planted_units)
     measure: FIDMeasure | DiscriminatorMeasure
     if args.measure == "fid":

@@ -42,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from gandissect.artifacts.quality import format_table, gan_quality
     from gandissect.cli import load_model_and_segmenter
 
-    if args.samples < 2 or args.batch_size < 1:
-        print(f"error: need --samples >= 2 and --batch-size >= 1, got {args.samples} and "
-              f"{args.batch_size}", file=sys.stderr)
-        return 2
+    if args.samples < 2:  # --batch-size >= 1 and --samples >= 1 are checked by the parser
+        raise ValueError(f"--samples must be >= 2 (a covariance needs two images), got "
+                         f"{args.samples}")
     gen, seg = load_model_and_segmenter(args)
     with torch.no_grad():
         result = gan_quality(gen, seg, samples=args.samples, seed=args.seed,
@@ -56,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``gan-quality`` standalone (``python -m gandissect.cli.quality ...``)."""
-    parser = argparse.ArgumentParser(prog="gandissect")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    """Run ``gan-quality`` standalone (``python -m gandissect.cli.quality ...``): the same as
+    ``gandissect gan-quality ...``, with the same checks and error messages."""
+    from gandissect.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["gan-quality"]:  # the form this entry point used to require
+        args = args[1:]
+    return cli_main(["gan-quality", *args])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_listing_commands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
     assert main(["render", "--samples", "0", "--out", str(tmp_path)]) == 2
-    assert "--samples must be >= 1" in capsys.readouterr().err
+    assert "argument --samples: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["render", "--samples", "2", "--segmenter", "nope", "--out", str(tmp_path)]) == 2
     assert "known segmenters" in capsys.readouterr().err
 
