@@ -328,3 +328,60 @@ def test_metadata_without_upsample_loads_transpose(tmp_path: Path) -> None:
     bad = {"settings": {"upsample": "bicubic"}}
     with pytest.raises(ValueError, match="upsample must be one of"):
         load_generator(weights=_tiny_weights(tmp_path / "bad", "transpose", bad))
+
+
+SEMANTIC = ("--semantic-d", "--rate-weight", "2", "--reuse-fake", "--mbstd-group", "2")
+
+
+def test_semantic_discriminator_and_rate_controller(tmp_path: Path) -> None:
+    """--semantic-d: D also sees the frozen segmenter's leaf probabilities (13 more input
+    channels; the segmenter is not in D's state dict and is attached again on load);
+    --rate-weight: the leaf-rate controller's target is the segmenter's mean leaf probability
+    on real scenes and its running rates resume exactly."""
+    from models.toyworld_gan import SEMANTIC_CHANNELS
+
+    assert tr.main(_args(tmp_path / "a", "--iters", "3", *SEMANTIC)) == 0
+    assert tr.main(_args(tmp_path / "b", "--iters", "1", *SEMANTIC)) == 0
+    assert tr.main(_args(tmp_path / "b", "--iters", "3", "--resume")) == 0
+    sa = torch.load(tmp_path / "a" / tr.CHECKPOINT, weights_only=True)
+    sb = torch.load(tmp_path / "b" / tr.CHECKPOINT, weights_only=True)
+    assert sa["settings"]["semantic_d"] and sa["settings"]["rate_weight"] == 2
+    assert sa["d"]["features.0.weight"].shape[1] == 3 + SEMANTIC_CHANNELS
+    assert not any(k.startswith("_segnet") for k in sa["d"])
+    torch.testing.assert_close(sa["running_rates"], sb["running_rates"], rtol=1e-4, atol=1e-6)
+    # the target: mean leaf probabilities of the segmenter on the (8) real training scenes
+    pool = tr.render_pool(0, 8)
+    target = tr.leaf_rates(tr._frozen_segmenter(), pool)
+    torch.testing.assert_close(sa["target_rates"], target)
+    assert abs(float(target.sum()) - 1.0) < 1e-4 and float(target[0]) > 0.2  # sky
+    for k in sa["g_ema"]:
+        torch.testing.assert_close(sa["g_ema"][k], sb["g_ema"][k], rtol=1e-4, atol=1e-5)
+    weights = tmp_path / "w"
+    assert tr.main(["--out", str(tmp_path / "a"), "--export", "--weights-dir", str(weights),
+                    "--bn-batches", "1"]) == 0
+    d = load_discriminator(weights=weights / "toyworld_gan_d.safetensors")
+    assert d.semantic and d.mbstd_group == 2
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        logits = d(x)
+        manual = d(x, d.leaf_probs(x))
+    assert logits.shape == (2,) and torch.equal(logits, manual)
+    bare = ToyworldDiscriminator(semantic=True)
+    with pytest.raises(ValueError, match="no segmenter attached"):
+        bare(x)
+
+
+def test_rate_loss_pushes_towards_the_target() -> None:
+    """The controller's gradient raises a leaf drawn below its target rate and lowers one
+    drawn above it (through the probabilities)."""
+    trainer = tr.Trainer(tr.Settings(rate_weight=1.0), torch.empty(0, 3, 64, 64,
+                                                                   dtype=torch.uint8))
+    trainer.target_rates = torch.full((13,), 1 / 13)
+    trainer.running_rates = trainer.target_rates.clone()
+    trainer.running_rates[0] *= 3.0   # sky drawn too often
+    trainer.running_rates[11] /= 3.0  # door too rarely
+    probs = torch.full((2, 13, 4, 4), 1 / 13, requires_grad=True)
+    trainer._rate_loss(probs).backward()
+    assert probs.grad is not None
+    # gradient descent lowers sky (positive gradient) and raises door (negative)
+    assert float(probs.grad[:, 0].sum()) > 0 > float(probs.grad[:, 11].sum())
