@@ -1,8 +1,11 @@
 """Tiny models shared by the tests (importable as ``tiny``: this folder is on ``sys.path``
 because it holds ``conftest.py``): a generator with two feature-map layers, a rule-based
-segmenter, and the exception the tests raise to simulate a killed run."""
+segmenter, the exception the tests raise to simulate a killed run, and checks of results
+(against brute force; two runs bit-identical)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,3 +97,20 @@ def check_against_brute_force(gen: Generator, seg: Segmenter, layer: str, result
     assert np.abs(iou - iou_ref).max() <= 1e-3, np.abs(iou - iou_ref).max()
     assert iou_ref.max() > 0.01  # some unit overlaps some concept: the check is not vacuous
     assert result.concept_pixels.tolist() == masks.sum((0, 2, 3)).tolist()
+
+
+#: the result arrays two runs of the same dissection must agree on bit for bit
+RESULT_KEYS = ("thresholds", "iou", "intersection", "above", "concept_pixels", "frac_above",
+               "rank_error", "iqr", "topk_indices", "topk_values")
+
+
+def assert_identical(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two dissection results (layer -> LayerResult) are bit-identical: same layers, and every
+    array of :data:`RESULT_KEYS` equal in dtype and value (``np.array_equal``)."""
+    import numpy as np
+
+    assert a.keys() == b.keys()
+    for layer in a:
+        for key in RESULT_KEYS:
+            x, y = getattr(a[layer], key), getattr(b[layer], key)
+            assert x.dtype == y.dtype and np.array_equal(x, y), (layer, key)

@@ -27,11 +27,12 @@ images where ``c``'s category is present, i.e. where some concept of that catego
 one pixel. When every image shows every category this equals the plain IoU.
 
 **Workers.** With ``workers > 1`` (or an ``executor``) every round (each pass-1 round, pass 2)
-splits the samples it still has to do into contiguous chunks of whole batches (two per worker).
-A worker starts a chunk from the round's configuration with empty accumulators
-(:meth:`_LayerState.blank_state`: histogram grid, cuts, active units, pass-2 brackets), runs the
-same per-batch code as one process (:func:`_run_span`) and returns its state; the parent merges
-the chunks as they finish (:meth:`_LayerState.merge`). The result is bit-identical to one
+splits the samples it still has to do into contiguous chunks of whole
+batches (two per worker). A worker starts a chunk from the round's configuration with empty
+accumulators (:meth:`_LayerState.blank_state`: histogram grid, cuts, active units, pass-2
+brackets), runs the same per-batch code as one process (:func:`~.batches._run_span`) and returns
+its state; the parent merges the chunks as they finish (:meth:`_LayerState.merge`; where they
+run: :mod:`gandissect.dissection.workers`). The result is bit-identical to one
 process: batches are the same, every count is an exact integer and merges by addition, the
 histogram grid is a function of the value range only, TopK keeps a total order (value, then
 index), and the merged cut is the largest cut of any chunk, which is what the exact
@@ -41,38 +42,26 @@ process's: that changes which units need another round, never a threshold).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing
-import pickle
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from concurrent.futures import Executor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..common.fingerprint import fingerprint
 from ..common.hooks import Trace
+from .batches import _Run, _run_span
 from .config import DissectConfig, DissectMismatchError
 from .folder import locked
-from .layer_stats import _finish_iqr, _finish_quantile, _first_bad, _LayerState
-from .progress import (
-    Range,
-    _add_range,
-    _check_folder,
-    _gaps,
-    _load_state,
-    _save_state,
-    _split,
-)
+from .layer_stats import _finish_iqr, _finish_quantile, _LayerState
+from .progress import Range, _add_range, _check_folder, _gaps, _load_state, _save_state
 from .results import LayerResult, load_results, save_results
-from .stats import encode_rows
+from .workers import _Pool, _run_chunks
 
 __all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
 
@@ -83,220 +72,6 @@ __all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
 #: high costs one more pass over the generator prefix for the affected units, never accuracy.
 GUESS_FACTOR = 2.0
 FIRST_GUESS_FACTOR = 3.0
-
-
-def _category_index(categories: Sequence[str]) -> tuple[list[str], torch.Tensor]:
-    names = sorted(set(categories), key=list(categories).index)
-    return names, torch.tensor([names.index(c) for c in categories], dtype=torch.long)
-
-
-@dataclass
-class _Run:
-    """The models and fixed settings of one dissection: everything a batch needs besides the
-    statistics (built the same way in the parent and in every worker)."""
-
-    generator: Any
-    segmenter: Any
-    cfg: DissectConfig
-    dev: torch.device
-    labels: list[str]
-    categories: list[str]
-    cat_names: list[str]
-    cat_of: torch.Tensor
-    R: int
-    seg_hw: tuple[int, int]
-    dst: tuple[int, int]
-
-    @classmethod
-    def make(cls, generator: Any, segmenter: Any, cfg: DissectConfig,
-             device: str | torch.device) -> _Run:
-        """Move the models to ``device`` (eval mode) and check the layers exist."""
-        dev = torch.device(device)
-        generator = generator.to(dev).eval()
-        segmenter.to(dev)
-        for name in cfg.layers:
-            generator.layer(name)                               # unknown layer -> clear error
-        labels, categories = list(segmenter.labels), list(segmenter.categories)
-        cat_names, cat_of = _category_index(categories)
-        R = int(generator.resolution)
-        seg_hw = tuple(segmenter.output_size(R, R))
-        res = cfg.seg_resolution
-        dst = (res, res) if res else seg_hw
-        return cls(generator, segmenter, cfg, dev, labels, categories, cat_names, cat_of, R,
-                   (int(seg_hw[0]), int(seg_hw[1])), (int(dst[0]), int(dst[1])))
-
-    def new_state(self, units: int, src: tuple[int, int]) -> _LayerState:
-        """Empty statistics for a layer of ``units`` maps of size ``src``."""
-        return _LayerState(self.cfg, units, src, self.dst, self.dev, len(self.labels),
-                           len(self.cat_names), (FIRST_GUESS_FACTOR, GUESS_FACTOR))
-
-
-def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], start: int,
-                seed: int) -> None:
-    """Refuse NaN/inf activations (naming the layer and the global sample index) and maps
-    whose shape differs from the probe's."""
-    for name, a in acts.items():
-        st = states[name]
-        bad = _first_bad(a)
-        if bad is not None:
-            raise ValueError(f"layer {name!r} produced NaN or inf activations for sample "
-                             f"{start + bad} (seed {seed})")
-        if (a.shape[1], a.shape[2], a.shape[3]) != (st.units, *st.src):
-            raise ValueError(f"layer {name!r} changed shape to {list(a.shape[1:])}")
-
-
-def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int, n: int,
-               seen: int) -> None:
-    """Add samples ``start .. start+n-1`` to ``states`` (the layers this round runs) in pass
-    ``phase``; ``seen`` as in :meth:`_LayerState.pass1`."""
-    cfg, gen = run.cfg, run.generator
-    z = gen.sample_latents(n, cfg.seed, start)
-    idx = torch.arange(start, start + n, device=run.dev)
-    with Trace(gen, list(states), stop=(phase == 1)) as tr:
-        images = gen(z)
-    acts = {k: tr[k].float() for k in states}
-    _check_acts(acts, states, start, cfg.seed)
-    if phase == 1:
-        for k, st in states.items():
-            st.pass1(acts[k], idx, cfg.threshold == "quantile", seen)
-    else:
-        masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
-        present = _category_presence(masks, run.cat_of, len(run.cat_names))
-        flat = masks.flatten(2)
-        coded = encode_rows(flat, present)
-        for k, st in states.items():
-            st.pass2(acts[k], flat, present, coded)
-
-
-def _run_span(run: _Run, states: dict[str, _LayerState], phase: int, start: int, stop: int,
-              seen: int, after_batch: Callable[[int, int], None] | None = None) -> None:
-    """Add samples ``start .. stop-1`` batch by batch (``start`` a multiple of the batch size,
-    so the batches are those of a one-process run); ``seen`` = samples of the round already in
-    ``states``; ``after_batch(first, end)`` after each batch. Shared by one process and workers."""
-    s = start
-    while s < stop:
-        n = min(run.cfg.batch_size, stop - s)
-        _run_batch(run, states, phase, s, n, seen + s - start)
-        s += n
-        if after_batch is not None:
-            after_batch(s - n, s)
-
-
-# ---------------------------------------------------------------------------------- workers
-#: per worker thread: (key, (generator, segmenter)) of the last models unpickled there
-_WORKER = threading.local()
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """One chunk of one round, as sent to a worker."""
-
-    key: str                          #: identifies ``models`` (sha256 of the pickle)
-    models: bytes | None              #: pickled (generator, segmenter); None: set by initializer
-    cfg: DissectConfig
-    device: str
-    phase: int
-    start: int
-    stop: int
-    shapes: dict[str, tuple[int, tuple[int, int]]]     #: layer -> (units, (h, w))
-    states: dict[str, dict[str, torch.Tensor]]         #: layer -> blank_state() of the round
-    guess: tuple[float, float]                         #: the parent's cut guess factors
-
-
-def _install_models(key: str, models: bytes) -> tuple[Any, Any]:
-    """Unpickle ``models`` once per worker thread (cached under ``key``)."""
-    if getattr(_WORKER, "key", None) != key:
-        _WORKER.models = pickle.loads(models)
-        _WORKER.key = key
-    return _WORKER.models
-
-
-def _init_worker(key: str, models: bytes, threads: int) -> None:
-    """Initializer of the process pool :func:`dissect` makes: threads, then the models."""
-    torch.set_num_threads(threads)
-    _install_models(key, models)
-
-
-def _work(chunk: _Chunk) -> dict[str, dict[str, torch.Tensor]]:
-    """Worker entry point: the final (CPU) state of each layer after ``chunk``'s samples,
-    started from the round's blank states."""
-    if chunk.models is not None:
-        generator, segmenter = _install_models(chunk.key, chunk.models)
-    elif getattr(_WORKER, "key", None) == chunk.key:
-        generator, segmenter = _WORKER.models
-    else:
-        raise RuntimeError("dissect worker has no models (chunk sent without them to a worker "
-                           "that was not started by dissect())")
-    run = _Run.make(generator, segmenter, chunk.cfg, chunk.device)
-    states = {}
-    for name, (units, src) in chunk.shapes.items():
-        states[name] = run.new_state(units, src)
-        states[name].load({k: v.to(run.dev) for k, v in chunk.states[name].items()})
-        states[name].guess = chunk.guess
-    with torch.no_grad():
-        _run_span(run, states, chunk.phase, chunk.start, chunk.stop, seen=0)
-    return {name: {k: v.cpu() for k, v in st.state_dict().items()}
-            for name, st in states.items()}
-
-
-class _Pool:
-    """Where the chunks run: a caller's executor, or a spawn process pool made on first use
-    (and shut down by :meth:`close`, cancelling chunks not yet started)."""
-
-    def __init__(self, run: _Run, workers: int, executor: Executor | None,
-                 threads_per_worker: int) -> None:
-        self.run, self.workers, self.threads = run, workers, threads_per_worker
-        self.executor, self.own = executor, executor is None
-        self.key, self.models = "", b""
-
-    def start(self) -> tuple[Executor, str, bytes | None]:
-        """The executor, the models' key and what a :class:`_Chunk` carries as ``models``
-        (``None`` for the own pool, whose initializer installs them once per worker)."""
-        if not self.models:
-            try:
-                self.models = pickle.dumps((self.run.generator, self.run.segmenter))
-            except Exception as e:
-                raise ValueError(f"dissect with workers needs a picklable generator and "
-                                 f"segmenter: {e}") from e
-            self.key = hashlib.sha256(self.models).hexdigest()
-        if self.executor is None:
-            self.executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.key, self.models, self.threads))
-        return self.executor, self.key, None if self.own else self.models
-
-    def close(self) -> None:
-        if self.own and self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
-
-
-def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: list[Range],
-                finished: Callable[[int, int], None]) -> None:
-    """Run ``todo`` of this round on ``pool``, two chunks per worker, and merge each chunk's
-    statistics into ``states`` as it finishes (then ``finished(start, stop)``). On any error
-    (a worker's is re-raised here), chunks not yet started are cancelled."""
-    if not todo:
-        return
-    executor, key, models = pool.start()
-    cfg = pool.run.cfg
-    blank = {k: st.blank_state() for k, st in states.items()}
-    shapes = {k: (st.units, st.src) for k, st in states.items()}
-    guess = next(iter(states.values())).guess
-    futures: dict[Future[dict[str, dict[str, torch.Tensor]]], Range] = {}
-    try:
-        for a, b in _split(todo, cfg.batch_size, 2 * pool.workers):
-            chunk = _Chunk(key, models, cfg, str(pool.run.dev), phase, a, b, shapes, blank,
-                           guess)
-            futures[executor.submit(_work, chunk)] = (a, b)
-        for fut in as_completed(futures):
-            for k, state in fut.result().items():
-                states[k].merge(state)
-            finished(*futures[fut])
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
 
 
 def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples: int,
@@ -324,10 +99,11 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
 
     ``workers > 1`` runs each round as chunks in that many spawned processes, each with
     ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling
-    this needs an ``if __name__ == "__main__":`` guard). ``executor`` (any
-    :class:`concurrent.futures.Executor`, e.g. a cluster's) runs the chunks instead; ``workers``
-    then only sets the number of chunks (two per worker) and the executor's workers set their own
-    threads. The result is bit-identical to ``workers=1``.
+    this needs an ``if __name__ == "__main__":`` guard); they exit when this process dies, even
+    by SIGKILL. ``executor`` (any :class:`concurrent.futures.Executor`, e.g. a cluster's) runs
+    the chunks instead, with the pickled models in every chunk; ``workers`` then only sets the
+    number of chunks (two per worker) and the executor's workers set their own threads. The
+    result is bit-identical to ``workers=1``.
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
@@ -381,7 +157,8 @@ def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
         run.generator(run.generator.sample_latents(1, seed, 0))
     for name in names:
         a = probe[name]
-        states[name] = run.new_state(a.shape[1], (a.shape[2], a.shape[3]))
+        states[name] = run.new_state(a.shape[1], (a.shape[2], a.shape[3]),
+                                     (FIRST_GUESS_FACTOR, GUESS_FACTOR))
         part = {k[len(name) + 1:]: v.to(run.dev) for k, v in saved.items()
                 if k.startswith(name + "/")}
         if part:
@@ -455,32 +232,6 @@ def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
         assert state_path is not None
         state_path.unlink(missing_ok=True)
     return results
-
-
-def _segment(segmenter: Any, images: torch.Tensor, R: int, seg_hw: tuple[int, int],
-             dst: tuple[int, int]) -> torch.Tensor:
-    """Masks ``[n, C, *dst]`` (bool) for generated ``images``, with shape checks."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 \
-            or tuple(images.shape[2:]) != (R, R):
-        raise ValueError(f"generator returned images of shape {list(getattr(images, 'shape', []))}"
-                         f", expected [n, 3, {R}, {R}] (its declared resolution)")
-    masks = segmenter.segment(images)
-    expect = (images.shape[0], len(segmenter.labels), *seg_hw)
-    if tuple(masks.shape) != expect or masks.dtype != torch.bool:
-        raise ValueError(f"segmenter returned masks {list(masks.shape)} ({masks.dtype}), expected "
-                         f"{list(expect)} bool for images of {R}x{R}; check its output_size()")
-    if tuple(masks.shape[2:]) != tuple(dst):
-        masks = F.interpolate(masks.float(), size=dst, mode="nearest") > 0.5
-    return masks
-
-
-def _category_presence(masks: torch.Tensor, cat_of: torch.Tensor, k: int) -> torch.Tensor:
-    """``[n, K]``: category ``k`` has at least one pixel in image ``n``."""
-    any_c = masks.flatten(2).any(2)                                        # [n, C]
-    out = torch.zeros(masks.shape[0], k, dtype=torch.bool, device=masks.device)
-    for i in range(k):
-        out[:, i] = any_c[:, cat_of.to(masks.device) == i].any(1)
-    return out
 
 
 def brute_force(acts: torch.Tensor, masks: torch.Tensor, quantile: float

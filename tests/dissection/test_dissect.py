@@ -123,7 +123,7 @@ def test_batch_size_does_not_change_result() -> None:
 def test_per_pixel_rows_path_equals_coded_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segmenters with too many concepts for codes (C + K > 62) count per-pixel rows."""
     import importlib
-    mod = importlib.import_module("gandissect.dissection.engine")
+    mod = importlib.import_module("gandissect.dissection.batches")
     gen, seg = TinyGenerator(), TinySegmenter()
     coded = dissect(gen, seg, "b", samples=40, seed=8, batch_size=16,
                     category_conditioned=True)["b"]

@@ -3,23 +3,28 @@ count, clear errors, no pool left behind.
 
 Spawned workers import torch (~2 s each on a busy 2-core machine), so most tests share one
 module-wide spawn pool through the ``executor`` hook; the ``workers=N`` path (dissect's own
-pool) is tested where it matters: equality, worker errors, and shut-down processes.
+pool) is tested where it matters: equality, worker errors, shut-down processes, and workers
+that exit when their parent is killed.
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from tiny import Interrupt, TinyGenerator, TinySegmenter
+from tiny import Interrupt, TinyGenerator, TinySegmenter, assert_identical
 
 import segmenters
 from gandissect.dissection.engine import dissect
@@ -27,18 +32,6 @@ from gandissect.dissection.progress import _gaps, _load_progress, _split
 from gandissect.dissection.results import LayerResult
 
 torch.set_num_threads(1)
-
-KEYS = ("thresholds", "iou", "intersection", "above", "concept_pixels", "frac_above",
-        "rank_error", "iqr", "topk_indices", "topk_values")
-
-
-def assert_identical(a: dict[str, LayerResult], b: dict[str, LayerResult]) -> None:
-    assert a.keys() == b.keys()
-    for layer in a:
-        for key in KEYS:
-            x, y = getattr(a[layer], key), getattr(b[layer], key)
-            assert x.dtype == y.dtype and np.array_equal(x, y), (layer, key)
-
 
 def children() -> set[int]:
     return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
@@ -221,7 +214,126 @@ def test_cli_workers(tmp_path: Path, gen: Any, seg: Any,
     args = ["dissect", "--model", "planted", "--segmenter", "planted", "--layer", "layout",
             "--samples", "24", "--batch-size", "8", "--seed", "3", "--no-report", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "zero"), "--workers", "0"]) == 2
-    assert "--workers >= 1" in capsys.readouterr().err
+    assert "--workers: must be >= 1" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     one = dissect(gen, seg, "layout", samples=24, seed=3, batch_size=8)
     assert_identical(one, load_results(tmp_path / "two"))
+
+
+# ------------------------------------------------------------------ no orphans after a kill -9
+TESTS = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent),
+                                                    os.environ.get("PYTHONPATH", "")])}
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a live process from ``/proc/PID/stat``; None if it is gone or
+    a zombie (dead, waiting to be reaped)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, ppid = text[text.rindex(")") + 2:].split()[:2]
+    return None if state in "ZX" else (state, int(ppid))
+
+
+def children_of(parent: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := proc_stat(int(entry.name))) and st[1] == parent:
+            out.add(int(entry.name))
+    return out
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    """The ``pids`` still alive after waiting up to ``seconds`` for all of them to end."""
+    end = time.monotonic() + seconds
+    while (alive := {p for p in pids if proc_stat(p) is not None}) and time.monotonic() < end:
+        time.sleep(0.1)
+    return alive
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+#: a dissection with two workers that would run for hours (each batch takes 0.2 s); a worker
+#: marks its first batch with an empty file named by its PID in the folder argv[1]
+ENDLESS = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    from pathlib import Path
+    import torch
+    from tiny import TinyGenerator, TinySegmenter
+    from gandissect.dissection.engine import dissect
+
+    class Slow(TinyGenerator):
+        def forward(self, z):
+            if multiprocessing.parent_process() is not None:
+                Path(sys.argv[1], str(os.getpid())).touch()
+            time.sleep(0.2)
+            return super().forward(z)
+
+    if __name__ == "__main__":
+        torch.set_num_threads(1)
+        dissect(Slow(), TinySegmenter(), "b", samples=10**6, seed=0, batch_size=4, workers=2)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_killed_parent_leaves_no_workers(tmp_path: Path) -> None:
+    """``kill -9`` of a ``workers=2`` run while both workers compute: every process it started
+    (the two workers, multiprocessing's resource tracker) is gone within 10 s."""
+    (tmp_path / "marks").mkdir()
+    script = tmp_path / "endless.py"
+    script.write_text(ENDLESS)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "marks")], env=ENV,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 180
+        while len(marks := {int(p.name) for p in (tmp_path / "marks").iterdir()}) < 2:
+            assert parent.poll() is None, parent.communicate()[1]
+            assert time.monotonic() < end, "the workers did not start within 180 s"
+            time.sleep(0.2)
+        kids = children_of(parent.pid)
+        assert marks <= kids                          # the workers run, as children of parent
+    finally:
+        kill9(parent)
+    assert not wait_gone(kids, 10.0), "orphaned worker processes"
+
+
+#: a child that calls _die_with_parent(argv[1]) with one of its two mechanisms only, prints
+#: "ready" and sleeps; the script (its parent) prints the child's PID and sleeps
+CHILD = textwrap.dedent("""
+    import sys, time
+    import gandissect.dissection.workers as w
+    if sys.argv[2] == "prctl":
+        w.PARENT_POLL_SECONDS = 10**6          # the thread checks once, then sleeps
+    w._die_with_parent(int(sys.argv[1]), prctl=sys.argv[2] == "prctl")
+    print("ready", flush=True)
+    time.sleep(300)
+""")
+WATCHED = textwrap.dedent("""
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    print(child.pid, flush=True)
+    time.sleep(300)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc: Linux")
+@pytest.mark.parametrize("mechanism", ["prctl", "poll"])
+def test_each_way_of_dying_with_the_parent_works_alone(mechanism: str) -> None:
+    """PR_SET_PDEATHSIG alone, and the portable ``os.getppid()`` thread alone, each end a
+    process whose parent was killed with SIGKILL."""
+    parent = subprocess.Popen([sys.executable, "-c", WATCHED, CHILD, mechanism], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert (st := proc_stat(child)) is not None and st[1] == parent.pid
+    finally:
+        kill9(parent)
+    assert not wait_gone({child}, 10.0)

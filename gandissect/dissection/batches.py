@@ -1,0 +1,144 @@
+"""One batch of a dissection pass: the run's models and fixed settings (:class:`_Run`) and the
+per-batch code (:func:`_run_span`), shared by one process and the workers
+(:mod:`gandissect.dissection.workers`) of :func:`gandissect.dissection.engine.dissect`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..common.hooks import Trace
+from .config import DissectConfig
+from .layer_stats import _first_bad, _LayerState
+from .stats import encode_rows
+
+
+def _category_index(categories: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    names = sorted(set(categories), key=list(categories).index)
+    return names, torch.tensor([names.index(c) for c in categories], dtype=torch.long)
+
+
+@dataclass
+class _Run:
+    """The models and fixed settings of one dissection: everything a batch needs besides the
+    statistics (built the same way in the parent and in every worker)."""
+
+    generator: Any
+    segmenter: Any
+    cfg: DissectConfig
+    dev: torch.device
+    labels: list[str]
+    categories: list[str]
+    cat_names: list[str]
+    cat_of: torch.Tensor
+    R: int
+    seg_hw: tuple[int, int]
+    dst: tuple[int, int]
+
+    @classmethod
+    def make(cls, generator: Any, segmenter: Any, cfg: DissectConfig,
+             device: str | torch.device) -> _Run:
+        """Move the models to ``device`` (eval mode) and check the layers exist."""
+        dev = torch.device(device)
+        generator = generator.to(dev).eval()
+        segmenter.to(dev)
+        for name in cfg.layers:
+            generator.layer(name)                               # unknown layer -> clear error
+        labels, categories = list(segmenter.labels), list(segmenter.categories)
+        cat_names, cat_of = _category_index(categories)
+        R = int(generator.resolution)
+        seg_hw = tuple(segmenter.output_size(R, R))
+        res = cfg.seg_resolution
+        dst = (res, res) if res else seg_hw
+        return cls(generator, segmenter, cfg, dev, labels, categories, cat_names, cat_of, R,
+                   (int(seg_hw[0]), int(seg_hw[1])), (int(dst[0]), int(dst[1])))
+
+    def new_state(self, units: int, src: tuple[int, int], guess: tuple[float, float]
+                  ) -> _LayerState:
+        """Empty statistics for a layer of ``units`` maps of size ``src``, with the cut guess
+        factors ``guess`` (the parent's ``FIRST_GUESS_FACTOR``, ``GUESS_FACTOR``)."""
+        return _LayerState(self.cfg, units, src, self.dst, self.dev, len(self.labels),
+                           len(self.cat_names), guess)
+
+
+def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], start: int,
+                seed: int) -> None:
+    """Refuse NaN/inf activations (naming the layer and the global sample index) and maps
+    whose shape differs from the probe's."""
+    for name, a in acts.items():
+        st = states[name]
+        bad = _first_bad(a)
+        if bad is not None:
+            raise ValueError(f"layer {name!r} produced NaN or inf activations for sample "
+                             f"{start + bad} (seed {seed})")
+        if (a.shape[1], a.shape[2], a.shape[3]) != (st.units, *st.src):
+            raise ValueError(f"layer {name!r} changed shape to {list(a.shape[1:])}")
+
+
+def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int, n: int,
+               seen: int) -> None:
+    """Add samples ``start .. start+n-1`` to ``states`` (the layers this round runs) in pass
+    ``phase``; ``seen`` as in :meth:`_LayerState.pass1`."""
+    cfg, gen = run.cfg, run.generator
+    z = gen.sample_latents(n, cfg.seed, start)
+    idx = torch.arange(start, start + n, device=run.dev)
+    with Trace(gen, list(states), stop=(phase == 1)) as tr:
+        images = gen(z)
+    acts = {k: tr[k].float() for k in states}
+    _check_acts(acts, states, start, cfg.seed)
+    if phase == 1:
+        for k, st in states.items():
+            st.pass1(acts[k], idx, cfg.threshold == "quantile", seen)
+    else:
+        masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
+        present = _category_presence(masks, run.cat_of, len(run.cat_names))
+        flat = masks.flatten(2)
+        coded = encode_rows(flat, present)
+        for k, st in states.items():
+            st.pass2(acts[k], flat, present, coded)
+
+
+def _run_span(run: _Run, states: dict[str, _LayerState], phase: int, start: int, stop: int,
+              seen: int, after_batch: Callable[[int, int], None] | None = None) -> None:
+    """Add samples ``start .. stop-1`` batch by batch (``start`` a multiple of the batch size,
+    so the batches are those of a one-process run); ``seen`` = samples of the round already in
+    ``states``; ``after_batch(first, end)`` after each batch. Shared by one process and workers."""
+    s = start
+    while s < stop:
+        n = min(run.cfg.batch_size, stop - s)
+        _run_batch(run, states, phase, s, n, seen + s - start)
+        s += n
+        if after_batch is not None:
+            after_batch(s - n, s)
+
+
+def _segment(segmenter: Any, images: torch.Tensor, R: int, seg_hw: tuple[int, int],
+             dst: tuple[int, int]) -> torch.Tensor:
+    """Masks ``[n, C, *dst]`` (bool) for generated ``images``, with shape checks."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3 \
+            or tuple(images.shape[2:]) != (R, R):
+        raise ValueError(f"generator returned images of shape {list(getattr(images, 'shape', []))}"
+                         f", expected [n, 3, {R}, {R}] (its declared resolution)")
+    masks = segmenter.segment(images)
+    expect = (images.shape[0], len(segmenter.labels), *seg_hw)
+    if tuple(masks.shape) != expect or masks.dtype != torch.bool:
+        raise ValueError(f"segmenter returned masks {list(masks.shape)} ({masks.dtype}), expected "
+                         f"{list(expect)} bool for images of {R}x{R}; check its output_size()")
+    if tuple(masks.shape[2:]) != tuple(dst):
+        masks = F.interpolate(masks.float(), size=dst, mode="nearest") > 0.5
+    return masks
+
+
+def _category_presence(masks: torch.Tensor, cat_of: torch.Tensor, k: int) -> torch.Tensor:
+    """``[n, K]``: category ``k`` has at least one pixel in image ``n``."""
+    any_c = masks.flatten(2).any(2)                                        # [n, C]
+    out = torch.zeros(masks.shape[0], k, dtype=torch.bool, device=masks.device)
+    for i in range(k):
+        out[:, i] = any_c[:, cat_of.to(masks.device) == i].any(1)
+    return out
+
