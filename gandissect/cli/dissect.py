@@ -12,12 +12,18 @@ is using (it is locked while a run lasts) or whose saved state is damaged (it ca
 checksum; a state saved before checksums existed resumes with a warning): each exits with 3 and
 says what to do. ``--workers N`` runs each pass over N spawned processes (one torch thread
 each) with a bit-identical result; a run may be resumed with another ``--workers``.
+``--cluster local:N`` runs it on a Dask cluster of N worker processes started for the run and
+closed at the end, ``--scheduler tcp://HOST:PORT`` on a running Dask cluster (both need
+``pip install 'gandissect[dask]'``); the result is the same, and a run may be resumed with or
+without a cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from typing import Any
 
 import torch
 
@@ -61,6 +67,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "into chunks of samples across them; the result is bit-identical to "
                         "--workers 1, and an interrupted run may resume with another count "
                         "(default 1: this process)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N", default=None,
+                       help="run the chunks on a Dask cluster of N worker processes (one thread "
+                            "each) started for this run (needs gandissect[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="run the chunks on the running Dask cluster whose scheduler is at "
+                            "ADDRESS, e.g. tcp://HOST:8786 (needs gandissect[dask] here and on "
+                            "the workers, with the same torch)")
+    p.add_argument("--scheduler-timeout", type=float, default=10.0,
+                   help="seconds to wait for --scheduler and its first worker (default 10)")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="save statistics at least this often (seconds)")
     p.add_argument("--report-units", type=int, default=None,
@@ -84,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
         raise ValueError(f"need --samples, --batch-size and --workers >= 1, got {args.samples}, "
                          f"{args.batch_size} and {args.workers}")
+    cluster = _cluster(args)
     gen, seg = load_model_and_segmenter(args)
     try:
-        with torch.no_grad():
+        with cluster as client, torch.no_grad():
             results = dissect(
                 gen, seg, args.layers, samples=args.samples, seed=args.seed,
                 quantile=args.quantile, batch_size=args.batch_size,
@@ -94,11 +111,15 @@ def run(args: argparse.Namespace) -> int:
                 threshold=args.threshold, category_conditioned=args.category_conditioned,
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
-                workers=args.workers, model_name=args.model, segmenter_name=args.segmenter)
+                workers=args.workers, client=client, model_name=args.model,
+                segmenter_name=args.segmenter)
     except (DissectMismatchError, DissectLockedError, DissectStateError) as e:
         # exit 3: the folder holds or serves another run, or its saved state is damaged
         print(f"gandissect dissect: error: {e}", file=sys.stderr)
         return 3
+    except ConnectionError as e:                 # --scheduler unreachable or without workers
+        print(f"gandissect dissect: error: {e}", file=sys.stderr)
+        return 2
     for name, r in results.items():
         print(f"{name}: {int(r.interpretable.sum())}/{r.units} units interpretable "
               f"(IoU > {r.iou_threshold:g})")
@@ -110,3 +131,20 @@ def run(args: argparse.Namespace) -> int:
                             max_units=args.report_units)
         print(f"report: {path}")
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """What ``--cluster`` / ``--scheduler`` ask for, checked before any work (a bad spec, or
+    distributed not installed, raise here): a context giving a Dask client, or None."""
+    if args.cluster is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    from gandissect.dissection.cluster import dask_client, parse_cluster, require_distributed
+
+    if args.workers > 1:
+        raise ValueError("--workers starts local processes; with --cluster or --scheduler the "
+                         "Dask workers run the chunks (for N local Dask workers: --cluster "
+                         "local:N)")
+    if args.cluster is not None:
+        parse_cluster(args.cluster)
+    require_distributed()
+    return dask_client(args.cluster, args.scheduler, timeout=args.scheduler_timeout)

@@ -26,8 +26,8 @@ upsampling, so no pass holds a batch's full-resolution maps.
 images where ``c``'s category is present, i.e. where some concept of that category has at least
 one pixel. When every image shows every category this equals the plain IoU.
 
-**Workers.** With ``workers > 1`` (or an ``executor``) every round (each pass-1 round, pass 2)
-splits the samples it still has to do into contiguous chunks of whole
+**Workers.** With ``workers > 1`` (or an ``executor``, or a Dask ``client``) every round (each
+pass-1 round, pass 2) splits the samples it still has to do into contiguous chunks of whole
 batches (two per worker). A worker starts a chunk from the round's configuration with empty
 accumulators (:meth:`_LayerState.blank_state`: histogram grid, cuts, active units, pass-2
 brackets), runs the same per-batch code as one process (:func:`~.batches._run_span`) and returns
@@ -61,7 +61,7 @@ from .folder import locked
 from .layer_stats import _finish_iqr, _finish_quantile, _LayerState
 from .progress import Range, _add_range, _check_folder, _gaps, _load_state, _save_state
 from .results import LayerResult, load_results, save_results
-from .workers import _Pool, _run_chunks
+from .workers import _is_dask_client, _Pool, _run_chunks
 
 __all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
 
@@ -82,7 +82,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
             checkpoint_seconds: float = 30.0, progress: bool = False,
             on_batch: Callable[[int, int], None] | None = None, workers: int = 1,
             executor: Executor | None = None, threads_per_worker: int = 1,
-            **extra: Any) -> dict[str, LayerResult]:
+            client: Any = None, **extra: Any) -> dict[str, LayerResult]:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` over samples ``0..samples-1`` of
     ``seed``; return one :class:`LayerResult` per layer (see the module docstring).
 
@@ -100,10 +100,17 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     ``workers > 1`` runs each round as chunks in that many spawned processes, each with
     ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling
     this needs an ``if __name__ == "__main__":`` guard); they exit when this process dies, even
-    by SIGKILL. ``executor`` (any :class:`concurrent.futures.Executor`, e.g. a cluster's) runs
-    the chunks instead, with the pickled models in every chunk; ``workers`` then only sets the
-    number of chunks (two per worker) and the executor's workers set their own threads. The
-    result is bit-identical to ``workers=1``.
+    by SIGKILL. ``client`` (a ``distributed.Client``; ``pip install 'gandissect[dask]'``) runs
+    the chunks as tasks on its Dask cluster: generator and segmenter are pickled once and
+    scattered to every worker (not sent with each task), each task sets ``threads_per_worker``
+    torch threads in its worker process, a round has two chunks per worker thread of the
+    cluster (``workers > 1``: two per worker), and a task lost with its worker is re-run by
+    the scheduler. The workers need gandissect, the code of the generator's and segmenter's
+    classes, and the same torch installed. ``executor`` (any
+    :class:`concurrent.futures.Executor`) runs the chunks instead, with the pickled models in
+    every chunk; ``workers`` then only sets the number of chunks (two per worker) and the
+    executor's workers set their own threads. Every way, the result is bit-identical to
+    ``workers=1``.
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
@@ -115,10 +122,16 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     if workers < 1 or threads_per_worker < 1:
         raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers} and "
                          f"{threads_per_worker}")
+    if _is_dask_client(executor):
+        raise TypeError("executor= got a Dask Client: pass it as client= (the models then go "
+                        "to each worker once)")
+    if client is not None and (executor is not None or not _is_dask_client(client)):
+        raise TypeError(f"client= takes a distributed.Client (and no executor=), got "
+                        f"{type(client).__name__}" + (" and an executor" if executor else ""))
     run = _Run.make(generator, segmenter, cfg, device)
     folder = Path(out) if out is not None else None
-    pool = _Pool(run, workers, executor, threads_per_worker) \
-        if workers > 1 or executor is not None else None
+    pool = _Pool(run, workers, executor, threads_per_worker, client) \
+        if workers > 1 or executor is not None or client is not None else None
     with locked(folder):
         return _dissect_locked(run, folder, pool, checkpoint_seconds, progress, on_batch)
 

@@ -1,11 +1,12 @@
 """Where the chunks of a dissection round run (see :mod:`gandissect.dissection.engine`): a spawn
-process pool :func:`~gandissect.dissection.engine.dissect` makes, or a caller's
-:class:`concurrent.futures.Executor`.
+process pool :func:`~gandissect.dissection.engine.dissect` makes, a caller's
+:class:`concurrent.futures.Executor`, or a Dask cluster (``client=``).
 
 A chunk (:class:`_Chunk`) is a range of whole batches of one round with the round's blank
 statistics; :func:`_work` runs it and returns its state dict, which the parent merges
-(:func:`_run_chunks`). The own pool's initializer installs the models once per worker; a
-caller's executor gets them with every chunk.
+(:func:`_run_chunks`). The models travel once per worker, not with every chunk, except to a
+plain caller's executor: the own pool's initializer installs them, and on Dask they are
+scattered to every worker once (``broadcast=True``) and each task gets a reference.
 
 Workers of the own pool exit when the parent process dies, also when it is killed
 (:func:`_die_with_parent`): a killed ``--workers N`` run leaves no orphans holding the models'
@@ -58,6 +59,7 @@ class _Chunk:
     shapes: dict[str, tuple[int, tuple[int, int]]]     #: layer -> (units, (h, w))
     states: dict[str, dict[str, torch.Tensor]]         #: layer -> blank_state() of the round
     guess: tuple[float, float]                         #: the parent's cut guess factors
+    threads: int | None = None        #: torch threads to set in the worker (None: leave them)
 
 
 def _install_models(key: str, models: bytes) -> tuple[Any, Any]:
@@ -109,6 +111,8 @@ def _work(chunk: _Chunk, models: bytes | None = None) -> dict[str, dict[str, tor
     else:
         raise RuntimeError("dissect worker has no models (chunk sent without them to a worker "
                            "that was not started by dissect())")
+    if chunk.threads is not None and torch.get_num_threads() != chunk.threads:
+        torch.set_num_threads(chunk.threads)
     run = _Run.make(generator, segmenter, chunk.cfg, chunk.device)
     states = {}
     for name, (units, src) in chunk.shapes.items():
@@ -120,24 +124,35 @@ def _work(chunk: _Chunk, models: bytes | None = None) -> dict[str, dict[str, tor
             for name, st in states.items()}
 
 
+def _is_dask_client(obj: object) -> bool:
+    """``obj`` looks like a ``distributed.Client`` (checked without importing distributed)."""
+    return type(obj).__module__.startswith("distributed") and hasattr(obj, "scatter") \
+        and hasattr(obj, "get_executor")
+
+
 class _Pool:
-    """Where the chunks run: a caller's ``executor``, or a spawn process pool made on first use
-    (and shut down by :meth:`close`, cancelling chunks not yet started)."""
+    """Where the chunks run: a Dask ``client``, a caller's ``executor``, or a spawn process pool
+    made on first use (and shut down by :meth:`close`, cancelling chunks not yet started)."""
 
     def __init__(self, run: _Run, workers: int, executor: Executor | None,
-                 threads_per_worker: int) -> None:
+                 threads_per_worker: int, client: Any = None) -> None:
         self.run, self.workers, self.threads = run, workers, threads_per_worker
-        self.executor, self.own = executor, executor is None
+        self.executor, self.client = executor, client
+        self.own = executor is None and client is None
         self.key, self.models = "", b""
+        self.models_arg: Any = None
 
     def chunks(self) -> int:
-        """Chunks per round: two per worker."""
+        """Chunks per round: two per worker (on Dask without ``workers > 1``: per worker
+        thread the cluster has now)."""
+        if self.client is not None and self.workers == 1:
+            return 2 * max(1, sum(self.client.nthreads().values()))
         return 2 * self.workers
 
-    def start(self) -> tuple[Executor, bytes | None]:
+    def start(self) -> tuple[Executor, Any]:
         """The executor and what :func:`_work` gets as ``models``: ``None`` for the own pool
-        (its initializer installs them once per worker), or the pickle itself for a caller's
-        executor."""
+        (its initializer installs them once per worker), a reference to the copy scattered to
+        every Dask worker, or the pickle itself for a caller's executor."""
         if not self.models:
             try:
                 self.models = pickle.dumps((self.run.generator, self.run.segmenter))
@@ -145,16 +160,27 @@ class _Pool:
                 raise ValueError(f"dissect with workers needs a picklable generator and "
                                  f"segmenter: {e}") from e
             self.key = hashlib.sha256(self.models).hexdigest()
-        if self.executor is None:
+        if self.executor is None and self.client is not None:
+            self.models_arg = self.client.scatter(self.models, broadcast=True, hash=False)
+            self.executor = self.client.get_executor(pure=False)
+        elif self.executor is None:
             self.executor = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
                 initargs=(self.key, self.models, self.threads, os.getpid()))
+        assert self.executor is not None
+        if self.client is not None:
+            return self.executor, self.models_arg
         return self.executor, None if self.own else self.models
 
     def close(self) -> None:
-        """Shut the own pool down."""
-        if self.own and self.executor is not None:
+        """Shut the own pool down; on Dask, cancel what is left and release the models."""
+        if self.client is not None and self.executor is not None:
+            self.executor.shutdown(wait=False)
+            if self.models_arg is not None:
+                self.models_arg.release()
+            self.executor = self.models_arg = None
+        elif self.own and self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
 
@@ -171,15 +197,19 @@ def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: l
     blank = {k: st.blank_state() for k, st in states.items()}
     shapes = {k: (st.units, st.src) for k, st in states.items()}
     guess = next(iter(states.values())).guess
+    threads = pool.threads if pool.client is not None else None
     futures: dict[Future[dict[str, dict[str, torch.Tensor]]], Range] = {}
     try:
         for a, b in _split(todo, cfg.batch_size, pool.chunks()):
-            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes, blank, guess)
+            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes, blank, guess,
+                           threads)
             futures[executor.submit(_work, chunk, models)] = (a, b)
         for fut in as_completed(futures):
             for k, state in fut.result().items():
                 states[k].merge(state)
-            finished(*futures[fut])
+            # forget a merged chunk (on Dask, its result then leaves the worker, and a worker
+            # lost later makes the scheduler recompute only chunks not yet merged)
+            finished(*futures.pop(fut))
     except BaseException:
         for fut in futures:
             fut.cancel()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from procs import HAVE_PROC, children_of, kill9, proc_stat, wait_gone
 from tiny import Interrupt, TinyGenerator, TinySegmenter, assert_identical
 
 import segmenters
@@ -226,38 +226,6 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent
                                                     os.environ.get("PYTHONPATH", "")])}
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a live process from ``/proc/PID/stat``; None if it is gone or
-    a zombie (dead, waiting to be reaped)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    state, ppid = text[text.rindex(")") + 2:].split()[:2]
-    return None if state in "ZX" else (state, int(ppid))
-
-
-def children_of(parent: int) -> set[int]:
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (st := proc_stat(int(entry.name))) and st[1] == parent:
-            out.add(int(entry.name))
-    return out
-
-
-def wait_gone(pids: set[int], seconds: float) -> set[int]:
-    """The ``pids`` still alive after waiting up to ``seconds`` for all of them to end."""
-    end = time.monotonic() + seconds
-    while (alive := {p for p in pids if proc_stat(p) is not None}) and time.monotonic() < end:
-        time.sleep(0.1)
-    return alive
-
-
-def kill9(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-
-
 #: a dissection with two workers that would run for hours (each batch takes 0.2 s); a worker
 #: marks its first batch with an empty file named by its PID in the folder argv[1]
 ENDLESS = textwrap.dedent("""
@@ -280,7 +248,7 @@ ENDLESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.skipif(not HAVE_PROC, reason="reads /proc")
 def test_killed_parent_leaves_no_workers(tmp_path: Path) -> None:
     """``kill -9`` of a ``workers=2`` run while both workers compute: every process it started
     (the two workers, multiprocessing's resource tracker) is gone within 10 s."""
