@@ -6,7 +6,8 @@ A chunk (:class:`_Chunk`) is a range of whole batches of one round with the roun
 statistics; :func:`_work` runs it and returns its state dict, which the parent merges
 (:func:`_run_chunks`). The models travel once per worker, not with every chunk, except to a
 plain caller's executor: the own pool's initializer installs them, and on Dask they are
-scattered to every worker once (``broadcast=True``) and each task gets a reference.
+scattered to every worker once (``broadcast=True``) and each task gets a reference (so do each
+round's blank states there).
 
 Workers of the own pool exit when the parent process dies, also when it is killed
 (:func:`_die_with_parent`): a killed ``--workers N`` run leaves no orphans holding the models'
@@ -100,10 +101,12 @@ def _init_worker(key: str, models: bytes, threads: int, parent: int) -> None:
     _install_models(key, models)
 
 
-def _work(chunk: _Chunk, models: bytes | None = None) -> dict[str, dict[str, torch.Tensor]]:
+def _work(chunk: _Chunk, models: bytes | None = None,
+          blank: dict[str, dict[str, torch.Tensor]] | None = None
+          ) -> dict[str, dict[str, torch.Tensor]]:
     """Worker entry point: the final (CPU) state of each layer after ``chunk``'s samples,
-    started from the round's blank states. ``models`` is the pickled (generator, segmenter),
-    or None where the pool's initializer installed them."""
+    started from the round's blank states (``blank``, or else ``chunk.states``). ``models`` is
+    the pickled (generator, segmenter), or None where the pool's initializer installed them."""
     if models is not None:
         generator, segmenter = _install_models(chunk.key, models)
     elif getattr(_WORKER, "key", None) == chunk.key:
@@ -117,7 +120,8 @@ def _work(chunk: _Chunk, models: bytes | None = None) -> dict[str, dict[str, tor
     states = {}
     for name, (units, src) in chunk.shapes.items():
         states[name] = run.new_state(units, src, chunk.guess)
-        states[name].load({k: v.to(run.dev) for k, v in chunk.states[name].items()})
+        start = (blank if blank is not None else chunk.states)[name]
+        states[name].load({k: v.to(run.dev) for k, v in start.items()})
     with torch.no_grad():
         _run_span(run, states, chunk.phase, chunk.start, chunk.stop, seen=0)
     return {name: {k: v.cpu() for k, v in st.state_dict().items()}
@@ -197,19 +201,27 @@ def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: l
     blank = {k: st.blank_state() for k, st in states.items()}
     shapes = {k: (st.units, st.src) for k, st in states.items()}
     guess = next(iter(states.values())).guess
-    threads = pool.threads if pool.client is not None else None
+    threads, blank_arg = None, None
+    if pool.client is not None:
+        # the round's blank states (MBs of mostly zeros) also go to each worker once, not
+        # with every task
+        threads = pool.threads
+        blank_arg = pool.client.scatter([blank], broadcast=True, hash=False)[0]
     futures: dict[Future[dict[str, dict[str, torch.Tensor]]], Range] = {}
     try:
         for a, b in _split(todo, cfg.batch_size, pool.chunks()):
-            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes, blank, guess,
-                           threads)
-            futures[executor.submit(_work, chunk, models)] = (a, b)
+            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes,
+                           {} if blank_arg is not None else blank, guess, threads)
+            futures[executor.submit(_work, chunk, models, blank_arg)] = (a, b)
         for fut in as_completed(futures):
-            for k, state in fut.result().items():
+            result, (a, b) = fut.result(), futures.pop(fut)
+            # forget the chunk before anything else runs (on Dask its result then leaves the
+            # worker: a worker lost later costs only chunks not merged yet)
+            del fut
+            for k, state in result.items():
                 states[k].merge(state)
-            # forget a merged chunk (on Dask, its result then leaves the worker, and a worker
-            # lost later makes the scheduler recompute only chunks not yet merged)
-            finished(*futures.pop(fut))
+            del result
+            finished(a, b)
     except BaseException:
         for fut in futures:
             fut.cancel()
