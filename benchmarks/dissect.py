@@ -17,12 +17,19 @@ architecture; sparsity on the activations).
 ``workers=N`` (spawned processes, ``--threads`` torch threads each; pool start-up included) of
 the same samples: the wall-time ratio workers=N / workers=1 measured in this run, and whether
 the two results are bit-identical.
+(4) with ``--cluster local:N``, the same on a Dask LocalCluster of N worker processes (one
+thread each; ``pip install 'gandissect[dask]'``), started once before the repeats (its start-up
+time is printed, not in the ratio; the models' scatter is in it). Each parallel ratio is printed
+with ``os.getloadavg()`` (1, 5, 15 min) taken at the end of its runs: on a shared machine a
+ratio means little without the load beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -63,15 +70,15 @@ def floor_seconds(gen: Any, seg: Any, samples: int, seed: int, batch: int
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, workers: int = 1
-                ) -> tuple[float, float, dict[str, Any]]:
-    """Wall and (parent) process-CPU time of ``dissect()`` over ``samples`` samples, and its
-    results."""
+def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, workers: int = 1,
+                client: Any = None) -> tuple[float, float, dict[str, Any]]:
+    """Wall and (parent) process-CPU time of ``dissect()`` over ``samples`` samples (on the
+    Dask ``client``'s cluster if given), and its results."""
     from gandissect.dissection.engine import dissect
     t0, c0 = time.perf_counter(), time.process_time()
     res = dissect(gen, seg, args.layer, samples=samples, seed=args.seed,
                   batch_size=args.batch_size, threshold=args.threshold, workers=workers,
-                  threads_per_worker=args.threads)
+                  threads_per_worker=args.threads, client=client)
     return time.perf_counter() - t0, time.process_time() - c0, res
 
 
@@ -112,6 +119,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="also time dissect(workers=N) after each one-process run and print "
                         "the wall-time ratio N / 1 and whether the results are identical")
+    p.add_argument("--cluster", default=None, metavar="local:N",
+                   help="also time dissect(client=...) on a Dask LocalCluster of N worker "
+                        "processes after each one-process run, and print the wall-time ratio")
     p.add_argument("--worker-mem", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.layer:
@@ -126,13 +136,26 @@ def main() -> int:
     # it, so that a load change on a shared machine biases the ratio less; CPU time (one thread)
     # is the steadier number; with --repeats, the median ratio over the repeats
     floors = [floor_seconds(gen, seg, args.samples, args.seed, args.batch_size)]
-    runs, parallel, same = [], [], []
-    for _ in range(args.repeats):
-        runs.append(run_dissect(gen, seg, args, args.samples))
-        floors.append(floor_seconds(gen, seg, args.samples, args.seed, args.batch_size))
-        if args.workers > 1:
-            parallel.append(run_dissect(gen, seg, args, args.samples, args.workers))
-            same.append(identical(runs[-1][2], parallel[-1][2]))
+    runs, parallel, same, on_cluster, same_cluster = [], [], [], [], []
+    loadavg: dict[str, tuple[float, float, float]] = {}
+    cluster: contextlib.AbstractContextManager[Any] = contextlib.nullcontext(None)
+    if args.cluster:
+        from gandissect.dissection.cluster import dask_client
+        cluster = dask_client(args.cluster)
+    t0 = time.perf_counter()
+    with cluster as client:
+        started = time.perf_counter() - t0
+        for _ in range(args.repeats):
+            runs.append(run_dissect(gen, seg, args, args.samples))
+            floors.append(floor_seconds(gen, seg, args.samples, args.seed, args.batch_size))
+            if args.workers > 1:
+                parallel.append(run_dissect(gen, seg, args, args.samples, args.workers))
+                same.append(identical(runs[-1][2], parallel[-1][2]))
+                loadavg["workers"] = os.getloadavg()
+            if client is not None:
+                on_cluster.append(run_dissect(gen, seg, args, args.samples, client=client))
+                same_cluster.append(identical(runs[-1][2], on_cluster[-1][2]))
+                loadavg["cluster"] = os.getloadavg()
     wall = [r[0] / ((a[0] + b[0]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
     cpu = [r[1] / ((a[1] + b[1]) / 2) for r, a, b in zip(runs, floors, floors[1:], strict=False)]
     print(f"model={args.model} segmenter={args.segmenter} layers={args.layer} "
@@ -155,7 +178,17 @@ def main() -> int:
               f"({', '.join(f'{w[0]:.2f}' for w in parallel)})")
         print(f"ratio workers={args.workers} / workers=1:          "
               f"{statistics.median(ratios):.2f}x wall ({', '.join(f'{r:.2f}' for r in ratios)})"
-              f"; results bit-identical: {all(same)}")
+              f"; results bit-identical: {all(same)}; load average "
+              f"{', '.join(f'{x:.2f}' for x in loadavg['workers'])}")
+    if on_cluster:
+        ratios = [w[0] / r[0] for w, r in zip(on_cluster, runs, strict=True)]
+        print(f"dissection, cluster {args.cluster} (started in {started:.1f} s, not counted): "
+              f"{statistics.mean(w[0] for w in on_cluster):.2f} s wall "
+              f"({', '.join(f'{w[0]:.2f}' for w in on_cluster)})")
+        print(f"ratio cluster {args.cluster} / workers=1:     "
+              f"{statistics.median(ratios):.2f}x wall ({', '.join(f'{r:.2f}' for r in ratios)})"
+              f"; results bit-identical: {all(same_cluster)}; load average "
+              f"{', '.join(f'{x:.2f}' for x in loadavg['cluster'])}")
     counts = [int(c) for c in args.mem_samples.split(",") if c.strip()]
     rows = []
     for n in counts:
