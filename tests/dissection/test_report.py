@@ -72,4 +72,4 @@ def test_cli_runs_resumes_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(argv[:6] + ["nope"] + argv[7:]) == 2          # errors reach main's handler
     assert "gandissect dissect: error: unknown layer" in capsys.readouterr().err
     assert main([*argv, "--workers", "0"]) == 2
-    assert "--workers >= 1" in capsys.readouterr().err
+    assert "--workers: must be >= 1" in capsys.readouterr().err
