@@ -101,6 +101,18 @@ def memory_worker(args: argparse.Namespace) -> None:
                       "peak_rss_mb": after / 1024, "seconds": seconds}))
 
 
+def print_parallel(label: str, note: str, parallel: list, runs: list, same: list,
+                   load: list) -> None:
+    """Wall times of the parallel runs, their median ratio to one process, bit-identity and
+    the load average beside them."""
+    ratios = [w[0] / r[0] for w, r in zip(parallel, runs, strict=True)]
+    print(f"dissection, {label}{note}: {statistics.mean(w[0] for w in parallel):.2f} s wall "
+          f"({', '.join(f'{w[0]:.2f}' for w in parallel)})")
+    print(f"ratio {label} / workers=1: {statistics.median(ratios):.2f}x wall "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}); results bit-identical: {all(same)}; "
+          f"load average {', '.join(f'{x:.2f}' for x in load)}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="toyworld")
@@ -172,23 +184,10 @@ def main() -> int:
     print(f"ratio dissection / floor:              {statistics.median(wall):.2f}x wall, "
           f"{statistics.median(cpu):.2f}x CPU")
     if parallel:
-        ratios = [w[0] / r[0] for w, r in zip(parallel, runs, strict=True)]
-        print(f"dissection, workers={args.workers}:                "
-              f"{statistics.mean(w[0] for w in parallel):.2f} s wall "
-              f"({', '.join(f'{w[0]:.2f}' for w in parallel)})")
-        print(f"ratio workers={args.workers} / workers=1:          "
-              f"{statistics.median(ratios):.2f}x wall ({', '.join(f'{r:.2f}' for r in ratios)})"
-              f"; results bit-identical: {all(same)}; load average "
-              f"{', '.join(f'{x:.2f}' for x in loadavg['workers'])}")
+        print_parallel(f"workers={args.workers}", "", parallel, runs, same, loadavg["workers"])
     if on_cluster:
-        ratios = [w[0] / r[0] for w, r in zip(on_cluster, runs, strict=True)]
-        print(f"dissection, cluster {args.cluster} (started in {started:.1f} s, not counted): "
-              f"{statistics.mean(w[0] for w in on_cluster):.2f} s wall "
-              f"({', '.join(f'{w[0]:.2f}' for w in on_cluster)})")
-        print(f"ratio cluster {args.cluster} / workers=1:     "
-              f"{statistics.median(ratios):.2f}x wall ({', '.join(f'{r:.2f}' for r in ratios)})"
-              f"; results bit-identical: {all(same_cluster)}; load average "
-              f"{', '.join(f'{x:.2f}' for x in loadavg['cluster'])}")
+        print_parallel(f"cluster {args.cluster}", f" (started in {started:.1f} s, not counted)",
+                       on_cluster, runs, same_cluster, loadavg["cluster"])
     counts = [int(c) for c in args.mem_samples.split(",") if c.strip()]
     rows = []
     for n in counts:
