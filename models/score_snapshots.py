@@ -213,8 +213,7 @@ class Scorer:
         if not np.isfinite(fid):
             raise ValueError(f"FID is {fid}: the generator's images are not finite")
         fid_random = self.fid_random.score(generator, self.fid_samples, self.seed)
-        rendered = {c: float(self.reference[:, k].mean()) for k, c in enumerate(self.labels)}
-        out_of_band = [c for c, r in rates.items() if rendered[c] >= RATE_BAND_MIN_AREA
+        out_of_band = [c for c, r in rates.items() if r["rendered"] >= RATE_BAND_MIN_AREA
                        and not RATE_BAND[0] <= r["generated"] / r["rendered"] <= RATE_BAND[1]]
         return {"fsd": fsd_of(gen, self.reference), "fid": fid,
                 "fid_floor": self.floors["fid"], "fid_random": fid_random,
