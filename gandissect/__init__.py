@@ -26,9 +26,11 @@ from .dissection.config import (
     DissectMismatchError,
     DissectStateError,
 )
-from .dissection.engine import dissect
+from .dissection.engine import dissect, dissect_probe
+from .dissection.probe import ProbeModel
 from .dissection.report import write_report
 from .dissection.results import LayerResult, load_results, save_results
+from .dissection.rotation import Rotated, random_rotation
 from .intervention.causal import (
     CausalEffect,
     EffectStats,
@@ -72,4 +74,5 @@ __all__ = [
     "effect_sweep", "insertion", "insertion_heatmap", "intervene", "layer_shape", "load_results",
     "optimize_alpha", "plot_sweep", "random_units", "rank_by_iou", "run_to_layers",
     "save_results", "single_unit_ace", "unit_statistics", "write_report",
+    "ProbeModel", "Rotated", "dissect_probe", "random_rotation",
 ]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..common.hooks import Trace
 from .config import DissectConfig
 from .layer_stats import _first_bad, _LayerState
+from .probe import ProbeModel, is_probe, probe_masks
 from .stats import encode_rows
 
 
@@ -26,7 +27,9 @@ def _category_index(categories: Sequence[str]) -> tuple[list[str], torch.Tensor]
 @dataclass
 class _Run:
     """The models and fixed settings of one dissection: everything a batch needs besides the
-    statistics (built the same way in the parent and in every worker)."""
+    statistics (built the same way in the parent and in every worker). ``probe`` is the probe
+    set when the masks are ground truth (then ``generator`` is a
+    :class:`~gandissect.dissection.probe.ProbeModel` and ``segmenter`` the probe set)."""
 
     generator: Any
     segmenter: Any
@@ -39,24 +42,35 @@ class _Run:
     R: int
     seg_hw: tuple[int, int]
     dst: tuple[int, int]
+    probe: Any = None
 
     @classmethod
     def make(cls, generator: Any, segmenter: Any, cfg: DissectConfig,
              device: str | torch.device) -> _Run:
-        """Move the models to ``device`` (eval mode) and check the layers exist."""
+        """Move the models to ``device`` (eval mode) and check the layers exist. A probe set
+        in place of ``segmenter`` supplies the masks, and a model that is not yet a
+        :class:`ProbeModel` is run on its images."""
         dev = torch.device(device)
+        probe = segmenter if is_probe(segmenter) else None
+        if probe is not None and not isinstance(generator, ProbeModel):
+            generator = ProbeModel(generator, probe)
         generator = generator.to(dev).eval()
-        segmenter.to(dev)
+        if probe is None:
+            segmenter.to(dev)
         for name in cfg.layers:
             generator.layer(name)                               # unknown layer -> clear error
         labels, categories = list(segmenter.labels), list(segmenter.categories)
+        if len(labels) != len(categories):
+            raise ValueError(f"{type(segmenter).__name__} has {len(labels)} labels but "
+                             f"{len(categories)} categories (one per label expected)")
         cat_names, cat_of = _category_index(categories)
         R = int(generator.resolution)
-        seg_hw = tuple(segmenter.output_size(R, R))
+        seg_hw = tuple(probe.mask_size) if probe is not None else \
+            tuple(segmenter.output_size(R, R))
         res = cfg.seg_resolution
         dst = (res, res) if res else seg_hw
         return cls(generator, segmenter, cfg, dev, labels, categories, cat_names, cat_of, R,
-                   (int(seg_hw[0]), int(seg_hw[1])), (int(dst[0]), int(dst[1])))
+                   (int(seg_hw[0]), int(seg_hw[1])), (int(dst[0]), int(dst[1])), probe)
 
     def new_state(self, units: int, src: tuple[int, int], guess: tuple[float, float]
                   ) -> _LayerState:
@@ -83,11 +97,13 @@ def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], s
 def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int, n: int,
                seen: int) -> None:
     """Add samples ``start .. start+n-1`` to ``states`` (the layers this round runs) in pass
-    ``phase``; ``seen`` as in :meth:`_LayerState.pass1`."""
+    ``phase``; ``seen`` as in :meth:`_LayerState.pass1`. On a probe set the model stops after
+    the deepest layer in both passes (the masks come from the probe set)."""
     cfg, gen = run.cfg, run.generator
     z = gen.sample_latents(n, cfg.seed, start)
     idx = torch.arange(start, start + n, device=run.dev)
-    with Trace(gen, list(states), stop=(phase == 1)) as tr:
+    images: Any = None
+    with Trace(gen, list(states), stop=(phase == 1 or run.probe is not None)) as tr:
         images = gen(z)
     acts = {k: tr[k].float() for k in states}
     _check_acts(acts, states, start, cfg.seed)
@@ -95,7 +111,12 @@ def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int
         for k, st in states.items():
             st.pass1(acts[k], idx, cfg.threshold == "quantile", seen)
     else:
-        masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
+        if run.probe is not None:
+            masks = probe_masks(run.probe, start, n).to(run.dev)
+            if tuple(masks.shape[2:]) != run.dst:
+                masks = F.interpolate(masks.float(), size=run.dst, mode="nearest") > 0.5
+        else:
+            masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
         present = _category_presence(masks, run.cat_of, len(run.cat_names))
         flat = masks.flatten(2)
         coded = encode_rows(flat, present)

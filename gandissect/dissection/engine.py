@@ -59,11 +59,12 @@ from .batches import _Run, _run_span
 from .config import DissectConfig, DissectMismatchError
 from .folder import locked
 from .layer_stats import _finish_iqr, _finish_quantile, _LayerState
+from .probe import is_probe, probe_identity
 from .progress import Range, _add_range, _check_folder, _gaps, _load_state, _save_state
 from .results import LayerResult, load_results, save_results
 from .workers import _is_dask_client, _Pool, _run_chunks
 
-__all__ = ["DissectConfig", "DissectMismatchError", "dissect"]
+__all__ = ["DissectConfig", "DissectMismatchError", "dissect", "dissect_probe"]
 
 
 #: Pass-1 cut guesses (see :meth:`_LayerState.pass1`): bin only values above the level with
@@ -113,11 +114,16 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     ``workers=1``.
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
+    weights = fingerprint(generator, segmenter)
+    if is_probe(segmenter):
+        weights += "-" + probe_identity(segmenter)
+        if samples > len(segmenter):
+            raise ValueError(f"samples={samples} but the probe set has {len(segmenter)} images; "
+                             f"use samples <= {len(segmenter)}")
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
                         batch_size=batch_size, seg_resolution=seg_resolution,
                         threshold=threshold, category_conditioned=category_conditioned,
-                        iou_threshold=iou_threshold, topk=topk,
-                        weights=fingerprint(generator, segmenter), **extra)
+                        iou_threshold=iou_threshold, topk=topk, weights=weights, **extra)
     cfg.check()
     if workers < 1 or threads_per_worker < 1:
         raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers} and "
@@ -134,6 +140,25 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
         if workers > 1 or executor is not None or client is not None else None
     with locked(folder):
         return _dissect_locked(run, folder, pool, checkpoint_seconds, progress, on_batch)
+
+
+def dissect_probe(model: Any, probe: Any, layers: str | Sequence[str], samples: int | None = None,
+                  quantile: float = 0.005, category_conditioned: bool = True,
+                  **kwargs: Any) -> dict[str, LayerResult]:
+    """Network Dissection of ``model`` (e.g. a classifier) on the probe set ``probe``: the
+    units' activations on the probe images against the probe's ground-truth masks, by the
+    same engine as :func:`dissect` (same statistics, workers, resume; ``kwargs`` as there).
+    Defaults follow Network Dissection: the first ``samples`` images (default: all), the top
+    ``quantile = 0.005`` of each unit's activations, and category-conditioned IoU (a concept's
+    union only counts images where its category is labelled, e.g. parts only where some part
+    is present). ``seed`` plays no part (the probe set's order is fixed) and is recorded as 0.
+    """
+    if not is_probe(probe):
+        raise TypeError(f"dissect_probe() needs a probe set (labels, categories, image_size, "
+                        f"mask_size, images(), masks()); got {type(probe).__name__}")
+    kwargs.setdefault("seed", 0)
+    return dissect(model, probe, layers, samples=len(probe) if samples is None else samples,
+                   quantile=quantile, category_conditioned=category_conditioned, **kwargs)
 
 
 def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
