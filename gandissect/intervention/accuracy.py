@@ -1,0 +1,275 @@
+"""Unit ablation on a classifier's accuracy (Bau et al., PNAS 2020, the Places365 VGG-16
+experiment): which few units does each class depend on, and what happens when they are off?
+
+:func:`unit_importance` zeroes each unit of a layer alone (everywhere in the feature map) and
+measures, per class, the drop in that class's accuracy on its own images and in its mean logit;
+:meth:`UnitImportance.ranking` orders units by accuracy drop (logit drop breaks ties, since
+accuracy moves in steps of one image). :func:`ablation_curves` then zeroes a class's top-``k``
+units together, for each ``k``, and reports that class's accuracy and the mean accuracy of the
+other classes, against ``k`` random units of the same layer (several seeded draws): the paper's
+finding is that the class collapses while the others barely move. Rank on one set of images
+and measure on another (``ablation_curves`` takes its own images), so the curve is not fitted
+to noise. :func:`unit_concepts` ties units to their dissected labels.
+
+Images are what the model takes (a :class:`models.classifiers.base.Classifier` takes float RGB
+in [0, 1]); ``labels`` are class indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..common.hooks import Trace, check_feature_map
+from ..dissection.results import LayerResult
+from .edit import Edit, intervene
+
+
+def _check_data(images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a tensor [n, 3, H, W], got "
+                         f"{list(getattr(images, 'shape', []))}")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must be a tensor [n] of class indices for the {images.shape[0]} "
+                         f"images, got {list(getattr(labels, 'shape', []))}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels must be class indices in 0..{classes - 1}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values")
+
+
+def _device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def class_logits(model: nn.Module, images: torch.Tensor, edits: Sequence[Edit] = (),
+                 batch_size: int = 64) -> torch.Tensor:
+    """``model``'s logits ``[n, K]`` (float32, CPU) on ``images``, with ``edits`` applied."""
+    dev, out = _device(model), []
+    with torch.no_grad(), intervene(model, *edits, check=False):
+        for s in range(0, images.shape[0], batch_size):
+            logits = model(images[s:s + batch_size].to(dev))
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise ValueError(f"the model returned {list(getattr(logits, 'shape', []))}, "
+                                 f"expected logits [n, classes]")
+            out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> np.ndarray:
+    """``[K]``: the fraction of class ``k``'s images predicted as ``k`` (NaN for a class with
+    no image)."""
+    right = (logits.argmax(1) == labels).double()
+    count = torch.bincount(labels, minlength=classes).double()
+    hit = torch.bincount(labels, weights=right, minlength=classes)
+    return torch.where(count > 0, hit / count.clamp(min=1), torch.nan).numpy()
+
+
+def _class_logit(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> np.ndarray:
+    """``[K]``: class ``k``'s mean logit on class ``k``'s images."""
+    own = logits.gather(1, labels[:, None])[:, 0].double()
+    count = torch.bincount(labels, minlength=classes).double()
+    return (torch.bincount(labels, weights=own, minlength=classes) / count.clamp(min=1)).numpy()
+
+
+@dataclass
+class UnitImportance:
+    """Single-unit ablation of ``layer``: ``drop[k, u]`` is class ``k``'s accuracy on its own
+    images minus its accuracy with unit ``u`` zeroed (positive: the class needs the unit);
+    ``logit_drop[k, u]`` the same for its mean logit."""
+
+    layer: str
+    classes: list[str]
+    base_accuracy: np.ndarray          #: [K]
+    drop: np.ndarray                   #: [K, U]
+    logit_drop: np.ndarray             #: [K, U]
+    images: int = 0
+
+    @property
+    def units(self) -> int:
+        return int(self.drop.shape[1])
+
+    def ranking(self, cls: int | str) -> np.ndarray:
+        """Units by importance to class ``cls`` (index or name): accuracy drop, then logit
+        drop, then unit index."""
+        k = self._index(cls)
+        order = np.lexsort((np.arange(self.units), -self.logit_drop[k], -self.drop[k]))
+        return order.astype(np.int64)
+
+    def _index(self, cls: int | str) -> int:
+        if isinstance(cls, str):
+            if cls not in self.classes:
+                raise ValueError(f"unknown class {cls!r}; classes: {', '.join(self.classes)}")
+            return self.classes.index(cls)
+        if not 0 <= int(cls) < len(self.classes):
+            raise ValueError(f"class index {cls} out of range 0..{len(self.classes) - 1}")
+        return int(cls)
+
+
+def _units_of(model: nn.Module, layer: str, image: torch.Tensor) -> int:
+    with torch.no_grad(), Trace(model, [layer], stop=True) as tr:
+        model(image.to(_device(model)))
+    return int(check_feature_map(layer, tr[layer]).shape[1])
+
+
+def unit_importance(model: nn.Module, layer: str, images: torch.Tensor, labels: torch.Tensor,
+                    classes: Sequence[str] | None = None, batch_size: int = 64,
+                    progress: bool = False) -> UnitImportance:
+    """Zero each unit of ``layer`` alone (one pass over ``images`` per unit) and measure every
+    class's accuracy and mean logit on its own images against the unablated model."""
+    model.eval()
+    names = list(classes) if classes is not None else \
+        list(getattr(model, "classes", [])) or None
+    base = class_logits(model, images[:1], batch_size=batch_size)
+    K = base.shape[1]
+    names = names or [f"class_{k}" for k in range(K)]
+    if len(names) != K:
+        raise ValueError(f"{len(names)} class names for a model with {K} outputs")
+    _check_data(images, labels, K)
+    labels = labels.long().cpu()
+    U = _units_of(model, layer, images[:1])
+    logits = class_logits(model, images, batch_size=batch_size)
+    acc0, logit0 = per_class_accuracy(logits, labels, K), _class_logit(logits, labels, K)
+    drop, ldrop = np.zeros((K, U)), np.zeros((K, U))
+    units: Any = range(U)
+    if progress:
+        from tqdm import tqdm
+        units = tqdm(units, desc=f"ablate {layer}", unit="unit")
+    for u in units:
+        out = class_logits(model, images, [Edit(layer, [u])], batch_size)
+        drop[:, u] = acc0 - per_class_accuracy(out, labels, K)
+        ldrop[:, u] = logit0 - _class_logit(out, labels, K)
+    return UnitImportance(layer, names, acc0, drop, ldrop, int(images.shape[0]))
+
+
+@dataclass
+class AblationCurve:
+    """One class's accuracy with its top-``k`` units zeroed, for each ``k`` of ``ks``, beside
+    the mean accuracy of the other classes, and the same for ``k`` random units (one row per
+    draw)."""
+
+    layer: str
+    cls: str
+    ks: list[int]
+    units: list[int]                   #: the class's ranking (top units first, max(ks) of them)
+    accuracy: np.ndarray               #: [len(ks)] the class's accuracy, top-k zeroed
+    others: np.ndarray                 #: [len(ks)] mean accuracy of the other classes
+    random_accuracy: np.ndarray        #: [draws, len(ks)] the class's accuracy, random k zeroed
+    random_others: np.ndarray          #: [draws, len(ks)]
+    base_accuracy: float = float("nan")
+    base_others: float = float("nan")
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "class": self.cls, "ks": self.ks, "units": self.units,
+                "accuracy": self.accuracy.tolist(), "others": self.others.tolist(),
+                "random_accuracy": self.random_accuracy.tolist(),
+                "random_others": self.random_others.tolist(),
+                "base_accuracy": self.base_accuracy, "base_others": self.base_others,
+                **self.meta}
+
+
+def _acc_pair(model: nn.Module, layer: str, units: Sequence[int], images: torch.Tensor,
+              labels: torch.Tensor, k: int, K: int, batch_size: int) -> tuple[float, float]:
+    edits = [Edit(layer, list(units))] if len(units) else []
+    acc = per_class_accuracy(class_logits(model, images, edits, batch_size), labels, K)
+    return float(acc[k]), float(np.nanmean(np.delete(acc, k)))
+
+
+def ablation_curves(model: nn.Module, importance: UnitImportance, images: torch.Tensor,
+                    labels: torch.Tensor, ks: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                    classes: Sequence[int | str] | None = None, draws: int = 5, seed: int = 0,
+                    batch_size: int = 64) -> dict[str, AblationCurve]:
+    """Per class (default: all), zero its top-``k`` units of ``importance.layer`` (ranked by
+    ``importance``, best measured on other images) for each ``k`` and measure on ``images``;
+    beside it ``draws`` sets of ``k`` random units (seeded by ``(seed, class, draw)``)."""
+    K, U = len(importance.classes), importance.units
+    _check_data(images, labels, K)
+    labels = labels.long().cpu()
+    ks = sorted({int(k) for k in ks if 0 < int(k) <= U})
+    if not ks:
+        raise ValueError(f"ks must hold unit counts in 1..{U}")
+    model.eval()
+    out: dict[str, AblationCurve] = {}
+    for cls in classes if classes is not None else range(K):
+        k = importance._index(cls)
+        rank = importance.ranking(k)[:max(ks)].tolist()
+        base = _acc_pair(model, importance.layer, [], images, labels, k, K, batch_size)
+        top = [_acc_pair(model, importance.layer, rank[:n], images, labels, k, K, batch_size)
+               for n in ks]
+        rnd = np.zeros((draws, len(ks), 2))
+        for d in range(draws):
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, k, d])))
+            perm = rng.permutation(U).tolist()
+            for j, n in enumerate(ks):
+                rnd[d, j] = _acc_pair(model, importance.layer, perm[:n], images, labels, k, K,
+                                      batch_size)
+        name = importance.classes[k]
+        out[name] = AblationCurve(importance.layer, name, ks, rank,
+                                  np.array([a for a, _ in top]), np.array([o for _, o in top]),
+                                  rnd[:, :, 0], rnd[:, :, 1], base[0], base[1],
+                                  {"draws": draws, "seed": seed, "images": int(images.shape[0])})
+    return out
+
+
+def unit_concepts(result: LayerResult, units: Sequence[int]) -> list[dict[str, Any]]:
+    """Each of ``units`` with its dissected label, category, IoU and whether it is
+    interpretable (above the run's IoU threshold)."""
+    labels, cats = result.unit_labels, result.unit_categories
+    best, inter = result.best_iou, result.interpretable
+    out = []
+    for u in units:
+        if not 0 <= int(u) < result.units:
+            raise ValueError(f"unit {u} is not in layer {result.layer!r} ({result.units} units)")
+        out.append({"unit": int(u), "label": labels[u], "category": cats[u],
+                    "iou": float(best[u]), "interpretable": bool(inter[u])})
+    return out
+
+
+def plot_ablation_curves(curves: dict[str, AblationCurve], path: str | Path,
+                         title: str = "") -> Path:
+    """One panel per class: its accuracy (solid) and the other classes' mean (dashed) against
+    the number of units zeroed, top-ranked units against random units (mean of the draws,
+    shaded min..max). Saved to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(curves)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, c) in zip(axes.flat, curves.items(), strict=False):
+        x = [0, *c.ks]
+        ax.plot(x, [c.base_accuracy, *c.accuracy], "o-", color="C3", label=f"{name}: top units")
+        ax.plot(x, [c.base_others, *c.others], "o--", color="C3", alpha=0.6,
+                label="other classes: top units")
+        ra, ro = c.random_accuracy, c.random_others
+        ax.plot(x, [c.base_accuracy, *ra.mean(0)], "s-", color="C0", label=f"{name}: random")
+        ax.fill_between(c.ks, ra.min(0), ra.max(0), color="C0", alpha=0.15)
+        ax.plot(x, [c.base_others, *ro.mean(0)], "s--", color="C0", alpha=0.6,
+                label="other classes: random")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name)
+        ax.set_xlabel(f"units zeroed in {c.layer}")
+        ax.set_ylabel("accuracy")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
