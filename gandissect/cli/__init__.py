@@ -129,6 +129,14 @@ def _cmd_segmenters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_classifiers(args: argparse.Namespace) -> int:
+    from models.classifiers import CLASSIFIERS
+
+    for name, desc in CLASSIFIERS.items():
+        print(f"{name:20s} {desc}")
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     """Render Toyworld scenes, optionally segment them, and write grids and masks."""
     from models.toyworld import CONCEPTS, render_batch
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("segmenters", help="list the bundled segmenters")
     p.set_defaults(func=_cmd_segmenters)
+    p = sub.add_parser("classifiers", help="list the classifiers `dissect --probe` takes")
+    p.set_defaults(func=_cmd_classifiers)
 
     p = sub.add_parser("render", help="render a grid of Toyworld scenes and their masks")
     p.add_argument("--samples", type=int, default=16)

@@ -16,6 +16,18 @@ each) with a bit-identical result; a run may be resumed with another ``--workers
 closed at the end, ``--scheduler tcp://HOST:PORT`` on a running Dask cluster (both need
 ``pip install 'gandissect[dask]'``); the result is the same, and a run may be resumed with or
 without a cluster.
+
+Network Dissection of a classifier on a probe set (``--probe`` instead of ``--segmenter``)::
+
+    gandissect dissect --model toyworld-classifier --probe toyworld --layer conv3 \
+        --layer conv5 --samples 2000 --out results/classifier
+
+``--probe toyworld`` is the first ``--samples`` Toyworld scenes of the probe seed (typed
+scenes, balanced over the six scene types, with whole-image scene labels), ``broden:PATH`` a
+Broden folder (all its images unless ``--samples`` is smaller). Probe runs default to
+Network Dissection's q = 0.005 and category-conditioned IoU (``--plain-iou`` turns it off).
+``--rotate SEED`` dissects every layer in a random orthogonal basis (the random-rotation
+baseline): compare its interpretable-unit counts with the unrotated run.
 """
 
 from __future__ import annotations
@@ -37,20 +49,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "results (safetensors + JSON), dissect.json, plots and report.html to --out.")
     p.add_argument("--model", required=True,
                    help="generator name (see `gandissect models`), or FAMILY:PATH for a local "
-                        "checkpoint")
+                        "checkpoint; with --probe a classifier (see `gandissect classifiers`)")
     from gandissect.cli import add_load_options
 
     add_load_options(p)
-    p.add_argument("--segmenter", required=True,
-                   help="segmenter name (see `gandissect segmenters`)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--segmenter", help="segmenter name (see `gandissect segmenters`)")
+    labels.add_argument("--probe", metavar="toyworld|broden:PATH",
+                        help="dissect a classifier on a probe set with ground-truth masks "
+                             "instead (Network Dissection)")
+    p.add_argument("--rotate", type=int, default=None, metavar="SEED",
+                   help="dissect each layer after a random orthogonal rotation of its units "
+                        "(seeded): the random-rotation baseline")
+    p.add_argument("--plain-iou", action="store_true",
+                   help="with --probe: plain IoU instead of the category-conditioned default")
     p.add_argument("--layer", action="append", required=True, dest="layers",
                    help="layer to dissect (repeat for several)")
-    p.add_argument("--samples", type=int, default=1000, help="number of generated samples")
+    p.add_argument("--samples", type=int, default=None,
+                   help="number of generated samples (default 1000), or of probe images "
+                        "(default: toyworld 2000, broden all)")
     p.add_argument("--seed", type=int, default=1, help="latent seed (sample i depends only on "
                    "(seed, i))")
     p.add_argument("--out", required=True, help="output folder (also holds the resume state)")
-    p.add_argument("--quantile", type=float, default=0.01,
-                   help="top fraction of activations above the unit threshold (default 0.01)")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="top fraction of activations above the unit threshold (default 0.01; "
+                        "0.005 with --probe)")
     p.add_argument("--threshold", choices=("quantile", "iqr"), default="quantile",
                    help="quantile: one threshold per unit; iqr: per unit and concept, "
                         "maximising I(A;S)/H(A,S)")
@@ -97,22 +120,48 @@ def run(args: argparse.Namespace) -> int:
     from gandissect.dissection.engine import dissect
     from gandissect.dissection.report import write_report
 
-    if args.samples < 1 or args.batch_size < 1 or args.workers < 1:
-        raise ValueError(f"need --samples, --batch-size and --workers >= 1, got {args.samples}, "
-                         f"{args.batch_size} and {args.workers}")
+    if args.probe is None and args.plain_iou:
+        raise ValueError("--plain-iou is for --probe runs (generator runs use plain IoU unless "
+                         "--category-conditioned)")
+    if args.samples is not None and args.samples < 1:
+        raise ValueError(f"need --samples >= 1, got {args.samples}")
+    if args.batch_size < 1 or args.workers < 1:
+        raise ValueError(f"need --batch-size and --workers >= 1, got {args.batch_size} and "
+                         f"{args.workers}")
     cluster = _cluster(args)
-    gen, seg = load_model_and_segmenter(args)
+    if args.probe is not None:
+        gen, seg = load_classifier_and_probe(args)
+        samples = len(seg) if args.samples is None else args.samples
+        quantile = 0.005 if args.quantile is None else args.quantile
+        conditioned = not args.plain_iou
+        seg_name = args.probe
+    else:
+        gen, seg = load_model_and_segmenter(args)
+        samples = 1000 if args.samples is None else args.samples
+        quantile = 0.01 if args.quantile is None else args.quantile
+        conditioned = args.category_conditioned
+        seg_name = args.segmenter
+    model_name = args.model
+    if args.rotate is not None:
+        from gandissect.dissection.rotation import Rotated, layer_units
+
+        example = seg.images(0, 1).to(args.device) if args.probe is not None else \
+            gen.sample_latents(1, 0, 0)
+        for layer in args.layers:
+            gen = Rotated(gen, layer, seed=args.rotate,
+                          units=layer_units(gen, layer, example))
+        model_name = f"{args.model} (rotated, seed {args.rotate})"
     try:
         with cluster as client, torch.no_grad():
             results = dissect(
-                gen, seg, args.layers, samples=args.samples, seed=args.seed,
-                quantile=args.quantile, batch_size=args.batch_size,
+                gen, seg, args.layers, samples=samples, seed=args.seed,
+                quantile=quantile, batch_size=args.batch_size,
                 seg_resolution=args.seg_resolution, device=args.device,
-                threshold=args.threshold, category_conditioned=args.category_conditioned,
+                threshold=args.threshold, category_conditioned=conditioned,
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
-                workers=args.workers, client=client, model_name=args.model,
-                segmenter_name=args.segmenter)
+                workers=args.workers, client=client, model_name=model_name,
+                segmenter_name=seg_name)
     except (DissectMismatchError, DissectLockedError, DissectStateError) as e:
         # exit 3: the folder holds or serves another run, or its saved state is damaged
         print(f"gandissect dissect: error: {e}", file=sys.stderr)
@@ -127,10 +176,51 @@ def run(args: argparse.Namespace) -> int:
         for u in top:
             print(f"  unit {u:4d}  {r.unit_labels[u]:12s} IoU {r.best_iou[u]:.3f}")
     if not args.no_report:
+        if args.probe is not None:
+            from gandissect.dissection.probe import ProbeModel
+
+            gen = ProbeModel(gen, seg)
         path = write_report(results, args.out, generator=gen, seed=args.seed,
                             max_units=args.report_units)
         print(f"report: {path}")
     return 0
+
+
+#: default number of Toyworld probe scenes
+TOYWORLD_PROBE_SAMPLES = 2000
+
+
+def load_classifier_and_probe(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The classifier ``args.model`` (``NAME`` or ``NAME:PATH``, see
+    ``models.classifiers.load_classifier``) and the probe set ``args.probe``: ``toyworld``
+    (typed scenes with scene labels; ``--samples`` of them, default
+    :data:`TOYWORLD_PROBE_SAMPLES`) or ``broden:PATH``."""
+    from gandissect.common.specs import split_spec
+    from gandissect.probes.broden import BrodenProbe
+    from gandissect.probes.toyworld import ToyworldProbe
+    from models.classifiers import CLASSIFIERS, load_classifier
+
+    name, kw = split_spec(args.model)
+    if name not in CLASSIFIERS:
+        raise ValueError(f"--probe dissects a classifier, and {name!r} is not one; known "
+                         f"classifiers: {', '.join(CLASSIFIERS)} (generators are dissected "
+                         f"with --segmenter)")
+    model = load_classifier(name, path=kw.get("path"), device=args.device,
+                            trust_pickle=bool(getattr(args, "trust_pickle", False)))
+    kind, _, rest = args.probe.partition(":")
+    if kind == "toyworld" and not rest:
+        probe: Any = ToyworldProbe(size=args.samples or TOYWORLD_PROBE_SAMPLES, typed=True,
+                                   scene_labels=True)
+    elif kind == "broden" and rest:
+        probe = BrodenProbe(rest)
+    else:
+        raise ValueError(f"--probe {args.probe!r}: expected toyworld or broden:PATH (a Broden "
+                         f"folder with index.csv and images/)")
+    size = model.input_size if hasattr(model, "input_size") else None
+    if size is not None and kind == "toyworld" and tuple(probe.image_size) != (size, size):
+        probe = ToyworldProbe(size=args.samples or TOYWORLD_PROBE_SAMPLES, typed=True,
+                              scene_labels=True, resolution=int(size))
+    return model, probe
 
 
 def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:

@@ -105,13 +105,15 @@ class ProbeModel(nn.Module):
         return torch.arange(start, start + n, dtype=torch.long)
 
     def forward(self, indices: torch.Tensor) -> Any:
-        """The model's output on probe images ``indices`` (consecutive, as the engine asks)."""
+        """The model's output on probe images ``indices`` (read in one call when consecutive,
+        as the engine asks, else one by one)."""
         idx = indices.reshape(-1).cpu()
         n = int(idx.numel())
         start = int(idx[0]) if n else 0
-        if not torch.equal(idx, torch.arange(start, start + n)):
-            raise ValueError("ProbeModel takes consecutive sample indices (start .. start+n-1)")
-        images = self.probe.images(start, n)
+        if torch.equal(idx, torch.arange(start, start + n)):
+            images = self.probe.images(start, n)
+        else:
+            images = torch.cat([self.probe.images(int(i), 1) for i in idx])
         expect = (n, 3, *self.probe.image_size)
         if not isinstance(images, torch.Tensor) or tuple(images.shape) != expect:
             raise ValueError(f"probe set returned images of shape "

@@ -22,6 +22,7 @@ from PIL import Image
 from ..common.hooks import Trace
 from ..common.imaging import to_uint8
 from .ceiling import unreachable_concepts
+from .probe import ProbeModel
 from .results import LayerResult, atomic_write_bytes
 from .upsample import Upsampler
 
@@ -71,15 +72,18 @@ def render_unit_images(generator: Any, result: LayerResult, seed: int, units: Se
                        per_unit: int = 4, scale: int = 2, batch_size: int = 32
                        ) -> dict[int, np.ndarray]:
     """Per unit, a strip (uint8 ``[H, W*per_unit, 3]``) of its top samples with the region where
-    its activation, upsampled bilinearly to the image, exceeds its threshold outlined."""
+    its activation, upsampled bilinearly to the image, exceeds its threshold outlined. For a
+    :class:`ProbeModel` (a probe-set dissection) the samples are the probe set's images."""
     wanted = sorted({int(i) for u in units for i in result.topk_indices[u][:per_unit]})
     images: dict[int, np.ndarray] = {}
     acts: dict[int, torch.Tensor] = {}
     for s in range(0, len(wanted), batch_size):
         chunk = wanted[s:s + batch_size]
         z = torch.cat([generator.sample_latents(1, seed, i) for i in chunk])
-        with Trace(generator, [result.layer]) as tr:
+        with Trace(generator, [result.layer], stop=isinstance(generator, ProbeModel)) as tr:
             x = generator(z)
+        if isinstance(generator, ProbeModel):
+            x = torch.cat([generator.probe.images(i, 1) for i in chunk]) * 2 - 1
         for k, i in enumerate(chunk):
             images[i] = to_uint8(x[k:k + 1])[0]
             acts[i] = tr[result.layer][k:k + 1].float()

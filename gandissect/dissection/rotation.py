@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common.hooks import resolve_layer
+from ..common.hooks import Trace, check_feature_map, resolve_layer
 
 
 def random_rotation(units: int, seed: int) -> torch.Tensor:
@@ -36,23 +36,45 @@ def random_rotation(units: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(q.astype(np.float32))
 
 
+def _declared_units(module: nn.Module) -> int | None:
+    """The channels ``module`` outputs as its last submodule declaring them says
+    (``out_channels`` of a convolution, ``num_features`` of a norm), or None."""
+    for m in reversed(list(module.modules())):
+        for attr in ("num_features", "out_channels"):
+            v = getattr(m, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return None
+
+
+def layer_units(model: nn.Module, layer: str, *inputs: Any) -> int:
+    """The number of units (channels) of ``layer``'s output when ``model`` runs on
+    ``inputs`` (a partial forward pass, stopped after the layer)."""
+    with torch.no_grad(), Trace(model, [layer], stop=True) as tr:
+        model(*inputs)
+    return int(check_feature_map(layer, tr[layer]).shape[1])
+
+
 class Rotated(nn.Module):
     """``model`` with ``layer``'s output rotated across units by ``random_rotation(units,
-    seed)``; ``units`` is read from the layer's ``out_channels`` / ``num_features`` when not
-    given. The rotation is a buffer, so it is part of the model's fingerprint. Every other
-    attribute the engine uses (``sample_latents``, ``resolution``, ``layer_names``,
-    ``layer``) is the model's, so ``Rotated(generator, ...)`` and ``Rotated(classifier, ...)``
-    dissect like the originals. The rotation hook is attached only during a forward pass,
-    before any other hook of the layer (so a :class:`~gandissect.common.hooks.Trace` records
-    the rotated maps): the wrapped model itself is never changed."""
+    seed)``.
+
+    ``units`` is read from the layer's (last) ``out_channels`` / ``num_features`` when not
+    given (:func:`layer_units` measures it). The rotation is a buffer, so it is part of the
+    model's fingerprint. Every other attribute the engine uses (``sample_latents``,
+    ``resolution``, ``layer_names``, ``layer``) is the model's, so generators and classifiers
+    wrapped this way dissect like the originals. The rotation hook is attached only during a
+    forward pass, before any other hook of the layer (so a
+    :class:`~gandissect.common.hooks.Trace` records the rotated maps): the wrapped model itself
+    is never changed."""
 
     def __init__(self, model: nn.Module, layer: str, seed: int, units: int | None = None) -> None:
         super().__init__()
         self.model, self.rotated_layer, self.seed = model, layer, int(seed)
         module = resolve_layer(model, layer)                   # unknown layer -> clear error
         if units is None:
-            units = getattr(module, "out_channels", None) or getattr(module, "num_features", None)
-            if not isinstance(units, int):
+            units = _declared_units(module)
+            if units is None:
                 raise ValueError(f"cannot tell how many units layer {layer!r} "
                                  f"({type(module).__name__}) has; pass units=")
         self.register_buffer("rotation", random_rotation(units, seed))
