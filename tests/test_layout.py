@@ -19,12 +19,13 @@ MAX_LINES = 500
 #: ``gandissect.__main__`` the ``python -m gandissect`` entry point.
 ALLOWED: dict[str, set[str]] = {
     "common": set(),
+    "probes": {"common"},
     "dissection": {"common"},
     "intervention": {"dissection", "common"},
     "artifacts": {"intervention", "dissection", "common"},
     "paint": {"intervention", "dissection", "common"},
-    "cli": {"artifacts", "paint", "intervention", "dissection", "common"},
-    "__init__": {"artifacts", "paint", "intervention", "dissection", "common"},
+    "cli": {"artifacts", "paint", "intervention", "dissection", "probes", "common"},
+    "__init__": {"artifacts", "paint", "intervention", "dissection", "probes", "common"},
     "__main__": {"cli"},
 }
 
