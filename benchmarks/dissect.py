@@ -17,6 +17,12 @@ architecture; sparsity on the activations).
 ``workers=N`` (spawned processes, ``--threads`` torch threads each; pool start-up included) of
 the same samples: the wall-time ratio workers=N / workers=1 measured in this run, and whether
 the two results are bit-identical.
+(5) with ``--dtype bfloat16``, after the float32 runs, one dissection of the same samples with
+``dtype="bfloat16"`` (autocast forward passes): its speed-up over the float32 dissection
+(wall time, measured in this run) and the label agreement: the fraction of units interpretable
+in float32 that keep their label in bfloat16. Whether this CPU has native bfloat16
+(``avx512_bf16`` / ``amx_bf16`` in /proc/cpuinfo) is printed beside it: where it is emulated,
+bfloat16 is much slower.
 (4) with ``--cluster local:N``, the same on a Dask LocalCluster of N worker processes (one
 thread each; ``pip install 'gandissect[dask]'``), started once before the repeats (its start-up
 time is printed, not in the ratio; the models' scatter is in it). Each parallel ratio is printed
@@ -71,14 +77,15 @@ def floor_seconds(gen: Any, seg: Any, samples: int, seed: int, batch: int
 
 
 def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, workers: int = 1,
-                client: Any = None) -> tuple[float, float, dict[str, Any]]:
+                client: Any = None, dtype: str = "float32"
+                ) -> tuple[float, float, dict[str, Any]]:
     """Wall and (parent) process-CPU time of ``dissect()`` over ``samples`` samples (on the
     Dask ``client``'s cluster if given), and its results."""
     from gandissect.dissection.engine import dissect
     t0, c0 = time.perf_counter(), time.process_time()
     res = dissect(gen, seg, args.layer, samples=samples, seed=args.seed,
                   batch_size=args.batch_size, threshold=args.threshold, workers=workers,
-                  threads_per_worker=args.threads, client=client)
+                  threads_per_worker=args.threads, client=client, dtype=dtype)
     return time.perf_counter() - t0, time.process_time() - c0, res
 
 
@@ -113,6 +120,28 @@ def print_parallel(label: str, note: str, parallel: list, runs: list, same: list
           f"load average {', '.join(f'{x:.2f}' for x in load)}")
 
 
+def label_agreement(ref: dict[str, Any], other: dict[str, Any]) -> tuple[int, int]:
+    """(units interpretable in ``ref`` that keep their label in ``other``, units interpretable
+    in ``ref``), over all layers."""
+    kept = total = 0
+    for k, r in ref.items():
+        ok = r.interpretable
+        same = np.array(r.unit_labels) == np.array(other[k].unit_labels)
+        kept += int((ok & same).sum())
+        total += int(ok.sum())
+    return kept, total
+
+
+def native_bf16() -> str:
+    """The CPU flags that give native bfloat16 matrix maths, or 'none (emulated)'."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return "unknown"
+    have = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return ", ".join(have) if have else "none (emulated)"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="toyworld")
@@ -134,6 +163,9 @@ def main() -> int:
     p.add_argument("--cluster", default=None, metavar="local:N",
                    help="also time dissect(client=...) on a Dask LocalCluster of N worker "
                         "processes after each one-process run, and print the wall-time ratio")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="bfloat16: also time a bfloat16 dissection and print its speed-up and "
+                        "label agreement with float32")
     p.add_argument("--worker-mem", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.layer:
@@ -182,7 +214,14 @@ def main() -> int:
           f"({', '.join(f'{r[0]:.2f}' for r in runs)}), "
           f"{statistics.mean(r[1] for r in runs):.2f} s CPU")
     print(f"ratio dissection / floor:              {statistics.median(wall):.2f}x wall, "
-          f"{statistics.median(cpu):.2f}x CPU")
+          f"{statistics.median(cpu):.2f}x CPU (load average {os.getloadavg()})")
+    if args.dtype == "bfloat16":
+        bf = run_dissect(gen, seg, args, args.samples, dtype="bfloat16")
+        kept, total = label_agreement(runs[-1][2], bf[2])
+        print(f"bfloat16: {runs[-1][0] / bf[0]:.2f}x the float32 dissection's speed "
+              f"({bf[0]:.2f} s vs {runs[-1][0]:.2f} s wall; native bfloat16: {native_bf16()}); "
+              f"{kept}/{total} = {kept / max(total, 1):.1%} of float32-interpretable units keep "
+              f"their label (load average {os.getloadavg()})")
     if parallel:
         print_parallel(f"workers={args.workers}", "", parallel, runs, same, loadavg["workers"])
     if on_cluster:

@@ -85,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="resize masks to this side length (default: segmenter output size)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: forward passes under bfloat16 autocast (faster on GPUs and "
+                        "CPUs with native bfloat16, much slower where it is emulated); the "
+                        "statistics stay exact on what they compute (default float32)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (spawned, one torch thread each); every pass is split "
                         "into chunks of samples across them; the result is bit-identical to "
@@ -161,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
                 workers=args.workers, client=client, model_name=model_name,
-                segmenter_name=seg_name)
+                segmenter_name=seg_name, dtype=args.dtype)
     except (DissectMismatchError, DissectLockedError, DissectStateError) as e:
         # exit 3: the folder holds or serves another run, or its saved state is damaged
         print(f"gandissect dissect: error: {e}", file=sys.stderr)

@@ -103,7 +103,8 @@ def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int
     z = gen.sample_latents(n, cfg.seed, start)
     idx = torch.arange(start, start + n, device=run.dev)
     images: Any = None
-    with Trace(gen, list(states), stop=(phase == 1 or run.probe is not None)) as tr:
+    with Trace(gen, list(states), stop=(phase == 1 or run.probe is not None)) as tr, \
+            _precision(run):
         images = gen(z)
     acts = {k: tr[k].float() for k in states}
     _check_acts(acts, states, start, cfg.seed)
@@ -116,12 +117,20 @@ def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int
             if tuple(masks.shape[2:]) != run.dst:
                 masks = F.interpolate(masks.float(), size=run.dst, mode="nearest") > 0.5
         else:
-            masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
+            with _precision(run):
+                masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
         present = _category_presence(masks, run.cat_of, len(run.cat_names))
         flat = masks.flatten(2)
         coded = encode_rows(flat, present)
         for k, st in states.items():
             st.pass2(acts[k], flat, present, coded)
+
+
+def _precision(run: _Run) -> torch.autocast:
+    """The forward passes' precision: autocast to bfloat16 when the run asks for it (a no-op
+    context for float32)."""
+    return torch.autocast(run.dev.type, dtype=torch.bfloat16,
+                          enabled=run.cfg.dtype == "bfloat16")
 
 
 def _run_span(run: _Run, states: dict[str, _LayerState], phase: int, start: int, stop: int,

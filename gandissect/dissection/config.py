@@ -24,6 +24,10 @@ class DissectStateError(ValueError):
     was saved): the message names the file and how to start again."""
 
 
+#: forward-pass precisions :attr:`DissectConfig.dtype` takes
+DTYPES = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class DissectConfig:
     """Everything that determines a dissection's result (checked when resuming)."""
@@ -47,6 +51,9 @@ class DissectConfig:
     #: :func:`gandissect.common.fingerprint.fingerprint` of generator and segmenter: a folder's
     #: run is never resumed or reused with other weights
     weights: str = ""
+    #: precision of the forward passes: ``float32``, or ``bfloat16`` (autocast; the statistics
+    #: stay exact on the activations and masks computed that way)
+    dtype: str = "float32"
 
     def check(self) -> None:
         if not self.layers:
@@ -59,3 +66,5 @@ class DissectConfig:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
         if self.threshold not in ("quantile", "iqr"):
             raise ValueError(f"threshold must be 'quantile' or 'iqr', got {self.threshold!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")

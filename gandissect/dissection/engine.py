@@ -83,7 +83,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
             checkpoint_seconds: float = 30.0, progress: bool = False,
             on_batch: Callable[[int, int], None] | None = None, workers: int = 1,
             executor: Executor | None = None, threads_per_worker: int = 1,
-            client: Any = None, **extra: Any) -> dict[str, LayerResult]:
+            client: Any = None, dtype: str = "float32", **extra: Any) -> dict[str, LayerResult]:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` over samples ``0..samples-1`` of
     ``seed``; return one :class:`LayerResult` per layer (see the module docstring).
 
@@ -112,6 +112,12 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     every chunk; ``workers`` then only sets the number of chunks (two per worker) and the
     executor's workers set their own threads. Every way, the result is bit-identical to
     ``workers=1``.
+
+    ``dtype="bfloat16"`` runs the generator and segmenter forward passes under bfloat16
+    autocast (faster on GPUs and CPUs with native bfloat16, e.g. AVX-512-BF16 or AMX; much
+    slower where it is emulated); the statistics stay exact on the activations and masks so
+    computed, and labels may differ from float32 where units are close
+    (``benchmarks/dissect.py --dtype bfloat16`` measures the agreement).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     weights = fingerprint(generator, segmenter)
@@ -123,7 +129,8 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     cfg = DissectConfig(layers=names, samples=samples, seed=seed, quantile=quantile,
                         batch_size=batch_size, seg_resolution=seg_resolution,
                         threshold=threshold, category_conditioned=category_conditioned,
-                        iou_threshold=iou_threshold, topk=topk, weights=weights, **extra)
+                        iou_threshold=iou_threshold, topk=topk, weights=weights, dtype=dtype,
+                        **extra)
     cfg.check()
     if workers < 1 or threads_per_worker < 1:
         raise ValueError(f"workers and threads_per_worker must be >= 1, got {workers} and "

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
@@ -144,6 +144,9 @@ def _check_folder(folder: Path, cfg: DissectConfig) -> None:
     mine = asdict(cfg)
     if cfg_path.exists():
         theirs = json.loads(cfg_path.read_text())
+        for f in fields(DissectConfig):      # settings added since that run: their defaults
+            if f.default is not MISSING:
+                theirs.setdefault(f.name, json.loads(json.dumps(f.default)))
         if theirs != json.loads(json.dumps(mine)):
             diff = sorted(k for k in set(mine) | set(theirs) if json.loads(json.dumps(
                 mine.get(k))) != theirs.get(k))
