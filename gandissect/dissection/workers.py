@@ -5,9 +5,11 @@ process pool :func:`~gandissect.dissection.engine.dissect` makes, a caller's
 A chunk (:class:`_Chunk`) is a range of whole batches of one round with the round's blank
 statistics; :func:`_work` runs it and returns its state dict, which the parent merges
 (:func:`_run_chunks`). The models travel once per worker, not with every chunk, except to a
-plain caller's executor: the own pool's initializer installs them, and on Dask they are
-scattered to every worker once (``broadcast=True``) and each task gets a reference (so do each
-round's blank states there).
+plain caller's executor: the own pool's initializer installs them, and on Dask a worker plugin
+installs them on every worker, also on one that replaces a killed worker
+(:func:`~gandissect.dissection.cluster.installed_on_workers`; so do each round's blank states),
+and a task carries only its sample range and the names of both. On Dask a chunk whose task was
+lost is submitted again and merged once (:func:`~gandissect.dissection.cluster.run_tasks`).
 
 Workers of the own pool exit when the parent process dies, also when it is killed
 (:func:`_die_with_parent`): a killed ``--workers N`` run leaves no orphans holding the models'
@@ -27,12 +29,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .batches import _Run, _run_span
+from .cluster import installed, installed_on_workers, run_tasks
 from .config import DissectConfig
 from .layer_stats import _LayerState
 from .progress import Range, _split
@@ -58,7 +62,7 @@ class _Chunk:
     start: int
     stop: int
     shapes: dict[str, tuple[int, tuple[int, int]]]     #: layer -> (units, (h, w))
-    states: dict[str, dict[str, torch.Tensor]]         #: layer -> blank_state() of the round
+    states: dict[str, dict[str, torch.Tensor]]   #: layer -> blank_state() of the round ({} on Dask)
     guess: tuple[float, float]                         #: the parent's cut guess factors
     threads: int | None = None        #: torch threads to set in the worker (None: leave them)
 
@@ -128,6 +132,15 @@ def _work(chunk: _Chunk, models: bytes | None = None,
             for name, st in states.items()}
 
 
+def _work_installed(chunk: _Chunk, models: str, blank: str
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """Dask task: :func:`_work` with the models and the round's blank states that
+    :func:`~gandissect.dissection.cluster.installed_on_workers` put on this worker as
+    ``models`` and ``blank`` (the blank states unpickled afresh: a chunk accumulates into
+    them)."""
+    return _work(chunk, installed(models), pickle.loads(installed(blank)))
+
+
 def _is_dask_client(obj: object) -> bool:
     """``obj`` looks like a ``distributed.Client`` (checked without importing distributed)."""
     return type(obj).__module__.startswith("distributed") and hasattr(obj, "scatter") \
@@ -144,19 +157,24 @@ class _Pool:
         self.executor, self.client = executor, client
         self.own = executor is None and client is None
         self.key, self.models = "", b""
-        self.models_arg: Any = None
+        self.installed = ""           #: on Dask: name of the models installed on the workers
+        self.stack = ExitStack()      #: on Dask: uninstalls them (close)
+        self.n_chunks = 0
+        self.rounds = 0               #: rounds run on Dask so far (names their tasks)
 
     def chunks(self) -> int:
         """Chunks per round: two per worker (on Dask without ``workers > 1``: per worker
-        thread the cluster has now)."""
-        if self.client is not None and self.workers == 1:
-            return 2 * max(1, sum(self.client.nthreads().values()))
-        return 2 * self.workers
+        thread the cluster had when the first round started; fixed for the run, so a worker
+        lost and not yet replaced does not change where chunks start)."""
+        if not self.n_chunks:
+            if self.client is not None and self.workers == 1:
+                self.n_chunks = 2 * max(1, sum(self.client.nthreads().values()))
+            else:
+                self.n_chunks = 2 * self.workers
+        return self.n_chunks
 
-    def start(self) -> tuple[Executor, Any]:
-        """The executor and what :func:`_work` gets as ``models``: ``None`` for the own pool
-        (its initializer installs them once per worker), a reference to the copy scattered to
-        every Dask worker, or the pickle itself for a caller's executor."""
+    def pickled(self) -> None:
+        """Pickle the models once (and their key, the sha256 of that pickle)."""
         if not self.models:
             try:
                 self.models = pickle.dumps((self.run.generator, self.run.segmenter))
@@ -164,26 +182,34 @@ class _Pool:
                 raise ValueError(f"dissect with workers needs a picklable generator and "
                                  f"segmenter: {e}") from e
             self.key = hashlib.sha256(self.models).hexdigest()
-        if self.executor is None and self.client is not None:
-            self.models_arg = self.client.scatter(self.models, broadcast=True, hash=False)
-            self.executor = self.client.get_executor(pure=False)
-        elif self.executor is None:
+
+    def start_dask(self) -> str:
+        """On Dask: the name under which the models are installed on every worker (done on
+        the first call)."""
+        self.pickled()
+        if not self.installed:
+            self.installed = self.stack.enter_context(
+                installed_on_workers(self.client, self.models))
+        return self.installed
+
+    def start(self) -> tuple[Executor, bytes | None]:
+        """(Not on Dask.) The executor and what :func:`_work` gets as ``models``: ``None`` for
+        the own pool (its initializer installs them once per worker), or the pickle itself for
+        a caller's executor."""
+        self.pickled()
+        if self.executor is None:
             self.executor = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
                 initargs=(self.key, self.models, self.threads, os.getpid()))
         assert self.executor is not None
-        if self.client is not None:
-            return self.executor, self.models_arg
         return self.executor, None if self.own else self.models
 
     def close(self) -> None:
-        """Shut the own pool down; on Dask, cancel what is left and release the models."""
-        if self.client is not None and self.executor is not None:
-            self.executor.shutdown(wait=False)
-            if self.models_arg is not None:
-                self.models_arg.release()
-            self.executor = self.models_arg = None
+        """Shut the own pool down; on Dask, take the models off the workers."""
+        if self.client is not None:
+            self.stack.close()
+            self.installed = ""
         elif self.own and self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
@@ -196,28 +222,26 @@ def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: l
     (a worker's is re-raised here), chunks not yet started are cancelled."""
     if not todo:
         return
-    executor, models = pool.start()
     cfg = pool.run.cfg
     blank = {k: st.blank_state() for k, st in states.items()}
     shapes = {k: (st.units, st.src) for k, st in states.items()}
     guess = next(iter(states.values())).guess
-    threads, blank_arg = None, None
+    spans = _split(todo, cfg.batch_size, pool.chunks())
     if pool.client is not None:
-        # the round's blank states (MBs of mostly zeros) also go to each worker once, not
-        # with every task
-        threads = pool.threads
-        blank_arg = pool.client.scatter([blank], broadcast=True, hash=False)[0]
+        name = pool.start_dask()               # first: it sets pool.key, which chunks carry
+        chunks = [_Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes, {}, guess,
+                         pool.threads) for a, b in spans]
+        _run_on_dask(pool, states, chunks, name, blank, finished)
+        return
+    executor, models = pool.start()
     futures: dict[Future[dict[str, dict[str, torch.Tensor]]], Range] = {}
     try:
-        for a, b in _split(todo, cfg.batch_size, pool.chunks()):
-            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes,
-                           {} if blank_arg is not None else blank, guess, threads)
-            futures[executor.submit(_work, chunk, models, blank_arg)] = (a, b)
+        for a, b in spans:
+            chunk = _Chunk(pool.key, cfg, str(pool.run.dev), phase, a, b, shapes, blank, guess)
+            futures[executor.submit(_work, chunk, models)] = (a, b)
         for fut in as_completed(futures):
             result, (a, b) = fut.result(), futures.pop(fut)
-            # forget the chunk before anything else runs (on Dask its result then leaves the
-            # worker: a worker lost later costs only chunks not merged yet)
-            del fut
+            del fut                              # forget the chunk before anything else runs
             for k, state in result.items():
                 states[k].merge(state)
             del result
@@ -226,3 +250,25 @@ def _run_chunks(pool: _Pool, states: dict[str, _LayerState], phase: int, todo: l
         for fut in futures:
             fut.cancel()
         raise
+
+
+def _run_on_dask(pool: _Pool, states: dict[str, _LayerState], chunks: list[_Chunk], models: str,
+                 blank: dict[str, dict[str, torch.Tensor]],
+                 finished: Callable[[int, int], None]) -> None:
+    """:func:`_run_chunks` on a Dask cluster: the round's blank states (MBs of mostly zeros
+    for a large layer) are installed on every worker like the models, and each chunk is a
+    task of :func:`~gandissect.dissection.cluster.run_tasks` (with the models installed as
+    ``models``): a chunk lost with a worker (or
+    cancelled) runs again, and every chunk is merged exactly once, as its result arrives."""
+    pool.rounds += 1
+
+    def label(c: _Chunk) -> str:                 # e.g. dissect-round2-pass1-0-64
+        return f"dissect-round{pool.rounds}-pass{c.phase}-{c.start}-{c.stop}"
+    with installed_on_workers(pool.client, pickle.dumps(blank)) as blank_name, \
+            closing(run_tasks(pool.client, _work_installed, chunks, models, blank_name,
+                              label=label)) as results:
+        for i, result in results:
+            for k, state in result.items():
+                states[k].merge(state)
+            del result
+            finished(chunks[i].start, chunks[i].stop)

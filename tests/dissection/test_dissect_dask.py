@@ -1,8 +1,11 @@
 """dissect(client=...) on a Dask LocalCluster (two worker processes, one thread each): bit-identical
-to one process, also when a worker is killed mid-run or the client goes away (resumed without a
-cluster); the models go to each worker once; the CLI's --cluster / --scheduler and their errors.
+to one process, also when a worker is killed mid-run (right away, or after the scheduler's
+memory manager had time to drop replicas) or the client goes away (resumed without a cluster);
+the models go to each worker once, by a worker plugin; run_tasks resubmits lost tasks and gives
+up with a clear error; the CLI's --cluster / --scheduler and their errors.
 
-Starting the cluster's workers costs a few seconds, so one cluster serves the whole module.
+Starting the cluster's workers costs a few seconds, so one cluster serves the whole module;
+each test waits until it has its two workers again (a killed one is replaced by its nanny).
 """
 
 from __future__ import annotations
@@ -27,23 +30,24 @@ from safetensors import safe_open
 from tiny import Interrupt, TinyGenerator, TinySegmenter, assert_identical
 
 from gandissect.cli import main
+from gandissect.dissection.cluster import (
+    TaskLostError,
+    installed,
+    installed_on_workers,
+    run_tasks,
+)
 from gandissect.dissection.engine import dissect
 from gandissect.dissection.progress import _load_progress
 from gandissect.dissection.results import LayerResult, load_results
 
-#: Fault-injection and residency tests that depend on the scheduler's timing: they passed 5/5 on
-#: an idle machine but failed on a saturated one (a cancelled future after the kill, chunk
-#: boundaries from a worker not yet replaced). Opt in with GANDISSECT_DASK_TIMING_TESTS=1 until
-#: they are made robust (issue 18); bit-identity on a cluster is always tested below.
-timing = pytest.mark.skipif(os.environ.get("GANDISSECT_DASK_TIMING_TESTS") != "1",
-                            reason="timing-dependent cluster test; set "
-                                   "GANDISSECT_DASK_TIMING_TESTS=1 to run")
-
 torch.set_num_threads(1)
+
+#: seconds to wait for the cluster to have both workers (a killed one replaced), on a busy machine
+READY_SECONDS = 120
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
+def cluster_client() -> Iterator[distributed.Client]:
     """A client of a LocalCluster of two worker processes, closed (with the cluster) at the
     end of the module whatever happens."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -52,54 +56,106 @@ def client() -> Iterator[distributed.Client]:
         yield c
 
 
+@pytest.fixture
+def client(cluster_client: distributed.Client) -> distributed.Client:
+    """The module's client, once its cluster has two running workers."""
+    ready(cluster_client)
+    return cluster_client
+
+
+def ready(client: distributed.Client, gone: int | None = None) -> None:
+    """Wait until the cluster has two workers that answer (and none is the process ``gone``)."""
+    end = time.monotonic() + READY_SECONDS
+    seen: Any = None
+    while True:
+        try:
+            client.wait_for_workers(2, timeout=max(1.0, end - time.monotonic()))
+            seen = pids = worker_pids(client)
+            if len(pids) == 2 and gone not in pids.values():
+                return
+        except (OSError, TimeoutError) as e:       # a worker died while we asked it
+            seen = e
+        assert time.monotonic() < end, f"the cluster did not get its two workers back: {seen!r}"
+        time.sleep(0.2)
+
+
 def worker_pids(client: distributed.Client) -> dict[str, int]:
     return client.run(os.getpid)
 
 
-def models_on_workers(client: distributed.Client) -> dict[str, list[str]]:
-    """Worker -> keys of the scattered models (the only bytes data dissect puts there)."""
-    return {w: [k for k in keys if str(k).startswith("bytes-")]
-            for w, keys in client.has_what().items()}
+def our_plugins(client: distributed.Client) -> dict[str, list[str]]:
+    """Worker -> names of gandissect's worker plugins installed there."""
+    return client.run(lambda dask_worker: sorted(n for n in dask_worker.plugins
+                                                 if n.startswith("gandissect-")))
 
 
 def idle(client: distributed.Client, seconds: float = 30.0) -> bool:
-    """The cluster holds no task and no data of ours within ``seconds``."""
+    """The cluster holds no task, data or plugin of ours within ``seconds``."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if not any(client.processing().values()) and not any(client.has_what().values()):
+        if not any(client.processing().values()) and not any(client.has_what().values()) \
+                and not any(our_plugins(client).values()):
             return True
         time.sleep(0.2)
     return False
 
 
-@timing
+def started(client: distributed.Client) -> list[str]:
+    """Keys of the tasks the scheduler started (once per start), as far as its log goes."""
+    log = client.run_on_scheduler(lambda dask_scheduler: [
+        (str(t[0]), t[2]) for t in dask_scheduler.transition_log])
+    return [key for key, state in log if state == "processing"]
+
+
+def label(key: str) -> str:
+    """A task's label: its key without the unique suffix run_tasks adds to each submission."""
+    return key.rsplit("-", 1)[0]
+
+
+def task_runs(client: distributed.Client, prefix: str, before: list[str] | None = None
+              ) -> Counter[str]:
+    """How often each task labelled ``prefix...`` was started, resubmissions included, not
+    counting the keys in ``before`` (started earlier)."""
+    old = set(before or ())
+    return Counter(label(k) for k in started(client) if k.startswith(prefix) and k not in old)
+
+
+def lost_scattered(client: distributed.Client) -> list[Any]:
+    """Scattered data the scheduler lost with a worker (what used to cancel a run's chunks)."""
+    return [e for _, e in client.get_events("all")
+            if isinstance(e, dict) and e.get("lost-scattered-tasks")]
+
+
 def test_dask_equals_one_process_on_planted(client: distributed.Client, gen: Any, seg: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two chunks per worker thread; the models sit once on each worker during the run (one
-    scattered copy, not one per task) and are gone afterwards; a task carries its sample range
-    and references to the models and the round's blank states, a few hundred bytes."""
+    """Two chunks per worker thread; during the run every worker holds the models and the
+    round's blank states (two worker plugins: sent once per worker, not with each task) and
+    nothing is left afterwards; a task carries its chunk (a few hundred bytes) and the names of
+    the two plugins."""
     kw: dict[str, Any] = dict(samples=40, seed=1, batch_size=8)
     one = dissect(gen, seg, "layout", **kw)
     calls: list[tuple[int, int]] = []
     held: list[dict[str, list[str]]] = []
-    tasks: list[tuple[int, bool]] = []          # (chunk's pickle size, other args are Futures)
+    tasks: list[tuple[int, tuple[Any, ...]]] = []            # (chunk's pickle size, other args)
     submit = client.submit
 
-    def spy(fn: Any, chunk: Any, *refs: Any, **kwargs: Any) -> Any:
-        tasks.append((len(pickle.dumps(chunk)),
-                      all(isinstance(r, distributed.Future) for r in refs) and len(refs) == 2))
-        return submit(fn, chunk, *refs, **kwargs)
+    def spy(fn: Any, chunk: Any, *args: Any, **kwargs: Any) -> Any:
+        tasks.append((len(pickle.dumps(chunk)), args))
+        return submit(fn, chunk, *args, **kwargs)
     monkeypatch.setattr(client, "submit", spy)
 
     def seen(phase: int, done: int) -> None:
         calls.append((phase, done))
-        held.append(models_on_workers(client))
+        held.append(our_plugins(client))
     assert_identical(one, dissect(gen, seg, "layout", client=client, on_batch=seen, **kw))
     p2 = [d for p, d in calls if p == 2]
     assert len(p2) == 4 and p2[-1] == 40                       # 5 batches -> 4 chunks
-    assert all(len(h) == 2 and all(len(k) == 1 for k in h.values()) for h in held)
-    assert len({k for h in held for keys in h.values() for k in keys}) == 1
-    assert len(tasks) == len(calls) and all(size < 2000 and refs for size, refs in tasks)
+    assert all(len(h) == 2 and all(len(names) == 2 for names in h.values()) for h in held)
+    everywhere = set.intersection(*(set(names) for h in held for names in h.values()))
+    assert len(everywhere) == 1                                # the models', for the whole run
+    assert len(tasks) == len(calls)
+    assert all(size < 2000 and len(args) == 2 and all(isinstance(a, str) for a in args)
+               for size, args in tasks)
     assert idle(client)
 
 
@@ -113,16 +169,19 @@ def test_dask_equals_one_process_on_tiny_models(client: distributed.Client, mode
                      dissect(gen, seg, ["a", "b"], client=client, **kw))
 
 
-@timing
+@pytest.mark.parametrize("pause", [0.0, 4.5])
 def test_worker_killed_mid_run_changes_nothing(client: distributed.Client, gen: Any,
-                                               seg: Any) -> None:
-    """After the first chunk, a worker that is running a chunk is killed (SIGKILL): the
-    scheduler runs its chunk again elsewhere, the nanny restarts it, and the result is
+                                               seg: Any, pause: float) -> None:
+    """After the first chunk (and ``pause`` seconds: more than two intervals of the scheduler's
+    memory manager, which dropped replicas of the scattered models when the models were
+    scattered, so that a kill then lost their only copy and cancelled the run), a worker is
+    killed (SIGKILL), preferably one running a chunk. The scheduler runs its chunks again, the
+    nanny restarts it, the replacement gets the models from their plugin, and the result is
     bit-identical (each chunk merged once: no sample lost or counted twice). Only chunks the
     worker held (running, or finished and not yet fetched) run again, never a merged one."""
     kw: dict[str, Any] = dict(samples=64, seed=2, batch_size=8)
     one = dissect(gen, seg, "layout", **kw)
-    pids = worker_pids(client)
+    pids, before = worker_pids(client), started(client)
     killed: list[int] = []
     lost: set[str] = set()
     calls: list[tuple[int, int]] = []
@@ -130,28 +189,117 @@ def test_worker_killed_mid_run_changes_nothing(client: distributed.Client, gen: 
     def kill(phase: int, done: int) -> None:
         calls.append((phase, done))
         if not killed:
+            time.sleep(pause)
             busy = [w for w, keys in client.processing().items() if keys]
-            assert busy, "no chunk in flight to lose"
-            lost.update(str(k) for k in client.processing()[busy[0]])
-            lost.update(str(k) for k in client.has_what()[busy[0]] if str(k).startswith("_work"))
-            killed.append(pids[busy[0]])
+            held = [w for w, keys in client.has_what().items() if keys]
+            victim = (busy or held or list(pids))[0]
+            lost.update(label(str(k)) for k in client.processing()[victim])
+            lost.update(label(str(k)) for k in client.has_what()[victim])
+            killed.append(pids[victim])
             os.kill(killed[0], signal.SIGKILL)
     two = dissect(gen, seg, "layout", client=client, on_batch=kill, **kw)
     assert_identical(one, two)
-    # chunks ran again only if lost with the worker (merged chunks are forgotten at once); the
-    # chunk it was running re-runs unless it finished in the instant before the kill
-    log = client.run_on_scheduler(lambda dask_scheduler: [
-        (str(t[0]), t[2]) for t in dask_scheduler.transition_log])
-    runs = Counter(key for key, state in log if state == "processing" and key.startswith("_work"))
-    assert {key for key, n in runs.items() if n > 1} <= lost
+    # chunks ran again only if lost with the worker (merged chunks are forgotten at once)
+    runs = task_runs(client, "dissect-", before)
+    assert {chunk for chunk, n in runs.items() if n > 1} <= lost
     p1 = [d for p, d in calls if p == 1]
     assert p1[:4] == sorted(p1[:4]) and p1[3] == 64            # each chunk of round 1 once
-    client.wait_for_workers(2, timeout=120)
-    assert killed[0] not in worker_pids(client).values()       # it did die (and was replaced)
+    assert not lost_scattered(client)
+    ready(client, gone=killed[0])                              # it did die (and was replaced)
     assert idle(client)
 
 
-@timing
+def test_plugin_reaches_a_replaced_worker(client: distributed.Client) -> None:
+    """What installed_on_workers installs is on a worker that replaces a killed one, and
+    gone from every worker after the block."""
+    with installed_on_workers(client, b"payload") as name:
+        victim = next(iter(worker_pids(client).values()))
+        os.kill(victim, signal.SIGKILL)
+        ready(client, gone=victim)
+        assert set(client.run(installed, name).values()) == {b"payload"}
+    assert not any(our_plugins(client).values())
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.5)
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
+
+
+def die_once(x: int, marker: str) -> int:
+    """Kill the worker process running this the first time (``marker`` remembers)."""
+    if x == 1 and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def test_run_tasks_resubmits_cancelled_tasks(client: distributed.Client,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancelled task is submitted again; every item's result arrives exactly once."""
+    submit, cancelled = client.submit, list[str]()
+
+    def cancel_first_two(fn: Any, x: int, *args: Any, **kw: Any) -> Any:
+        fut = submit(fn, x, *args, **kw)
+        if x == 2 and len(cancelled) < 2:
+            cancelled.append(str(fut.key))
+            fut.cancel()
+        return fut
+    monkeypatch.setattr(client, "submit", cancel_first_two)
+    got = list(run_tasks(client, slow_square, [0, 1, 2, 3], label=lambda x: f"sq-{x}"))
+    assert sorted(got) == [(0, 0), (1, 1), (2, 4), (3, 9)] and len(cancelled) == 2
+    assert idle(client)
+
+
+def test_run_tasks_gives_up_naming_the_task(client: distributed.Client,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    submit = client.submit
+
+    def cancel_two(fn: Any, x: int, *args: Any, **kw: Any) -> Any:
+        fut = submit(fn, x, *args, **kw)
+        if x == 2:
+            fut.cancel()
+        return fut
+    monkeypatch.setattr(client, "submit", cancel_two)
+    with pytest.raises(TaskLostError, match=r"sq-2: lost 2 times on the Dask cluster.*"
+                                            r"CancelledError"):
+        list(run_tasks(client, square, [0, 1, 2, 3], label=lambda x: f"sq-{x}", retries=1))
+    assert idle(client)
+
+
+def test_run_tasks_raises_the_tasks_own_error_once(client: distributed.Client) -> None:
+    with pytest.raises(ValueError, match="three"):
+        list(run_tasks(client, fail_on_three, list(range(6)), label=lambda x: f"f-{x}"))
+    assert task_runs(client, "f-3") == {"f-3": 1}
+    assert idle(client)
+
+
+def test_run_tasks_resubmits_after_killed_worker(client: distributed.Client,
+                                                 tmp_path: Path) -> None:
+    """With no failure allowed, the scheduler gives up on a task whose worker died
+    (KilledWorker); run_tasks submits it again, and it succeeds on the replacement."""
+    assert client.cluster is not None
+    scheduler = client.cluster.scheduler                   # in this process (LocalCluster)
+    allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0
+    try:
+        got = dict(run_tasks(client, die_once, [0, 1, 2], str(tmp_path / "died"),
+                             label=lambda x: f"die-{x}"))
+    finally:
+        scheduler.allowed_failures = allowed
+    assert got == {0: 0, 1: 1, 2: 4} and (tmp_path / "died").exists()
+    ready(client)
+    assert idle(client)
+
+
 def test_client_gone_mid_run_resumes_without_cluster(client: distributed.Client,
                                                      tmp_path: Path) -> None:
     """The run stops after its first finished chunk (as when the client goes away): the saved
