@@ -8,18 +8,52 @@ texture never changes labels.
 
 Scene ``i`` of seed ``s`` depends only on ``(s, i)``: its random stream is
 ``numpy.random.SeedSequence([s, i])``, whatever batch it is rendered in.
+
+Scene types (opt-in, for scene classification): ``render_scene(s, i, scene_type="forest")`` draws
+from a prior that favours that type's content and keeps redrawing (from the same stream) until
+the scene *is* of that type by :func:`scene_type_of`, with a margin. The rule reads only the
+rendered leaf map: each type but ``open_field`` has a defining concept and a threshold on the
+fraction of the image it covers (:data:`SCENE_RULES`); a scene's type is the defining concept with
+the largest fraction/threshold ratio when that ratio is >= 1, else ``open_field``. Typed scenes
+also keep every other ratio <= :data:`SCENE_MARGIN`, so no typed scene sits near a boundary.
+Without ``scene_type`` the renderer draws exactly what it always drew.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from .concepts import LEAF_ID, LEAVES, leaves_to_masks
+from .concepts import LEAF_ID, LEAVES, PART_OF, leaves_to_masks
 
 _MAX_PRIMITIVES = 255
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """What a scene may contain. ``(lo, hi)`` pairs are uniform ranges (``integers`` ranges for
+    counts: ``hi`` excluded); ``houses[k]`` is the probability of ``k`` houses. The defaults are
+    the untyped renderer's own values, drawn in the same order (so output is unchanged)."""
+
+    horizon: tuple[float, float] = (0.35, 0.6)
+    mountains: tuple[int, int] = (0, 4)
+    mountain_height: tuple[float, float] = (0.10, 0.32)
+    mountain_width: tuple[float, float] = (0.35, 0.8)
+    water_p: float = 0.45
+    lake_p: float = 0.5
+    lake_rx: tuple[float, float] = (0.15, 0.35)
+    lake_ry: tuple[float, float] = (0.05, 0.12)
+    road_p: float = 0.5
+    road_width: tuple[float, float] = (0.12, 0.25)
+    houses: tuple[float, ...] = (0.3, 0.35, 0.25, 0.1)
+    house_scale: float = 1.0
+    trees: tuple[int, int] = (0, 7)
+    tree_scale: float = 1.0
+
+
+_DEFAULT_PRIOR = _Prior()
 
 
 @dataclass(frozen=True)
@@ -109,41 +143,44 @@ def _draw_sky(cv: _Canvas, rng: np.random.Generator, horizon: float) -> dict:
     return {"kind": kind, "sky_top": top, "sky_bottom": bottom, "sky_id": sky}
 
 
-def _draw_mountains(cv: _Canvas, rng: np.random.Generator, horizon: float) -> None:
-    for _ in range(int(rng.integers(0, 4))):
+def _draw_mountains(cv: _Canvas, rng: np.random.Generator, horizon: float,
+                    prior: _Prior = _DEFAULT_PRIOR) -> None:
+    hlo, hhi = prior.mountain_height
+    for _ in range(int(rng.integers(*prior.mountains))):
         base = _jitter(rng, ((0.42, 0.45, 0.55), (0.45, 0.38, 0.32), (0.38, 0.40, 0.46))
                        [int(rng.integers(3))], 0.05)
         pid = cv.new("mountain", base)
         x0 = rng.uniform(-0.3, 0.8)
-        width = rng.uniform(0.35, 0.8)
+        width = rng.uniform(*prior.mountain_width)
         peaks = int(rng.integers(1, 3))
         pts = [(x0, horizon + 0.02)]
         for k in range(peaks):
             px = x0 + width * (k + rng.uniform(0.3, 0.7)) / peaks
-            pts.append((px, horizon - rng.uniform(0.10, min(0.32, horizon - 0.05))))
+            pts.append((px, horizon - rng.uniform(hlo, min(hhi, horizon - 0.05))))
             if k < peaks - 1:
                 pts.append((x0 + width * (k + 1) / peaks, horizon - rng.uniform(0.03, 0.08)))
         pts.append((x0 + width, horizon + 0.02))
         cv.poly(pid, pts)
 
 
-def _draw_ground(cv: _Canvas, rng: np.random.Generator, horizon: float) -> None:
+def _draw_ground(cv: _Canvas, rng: np.random.Generator, horizon: float,
+                 prior: _Prior = _DEFAULT_PRIOR) -> None:
     grass = cv.new("grass", _jitter(rng, (0.30, 0.62, 0.22), 0.07))
     cv.rect(grass, 0.0, horizon, 1.0, 1.0)
-    if rng.random() < 0.45:
+    if rng.random() < prior.water_p:
         water = cv.new("water", _jitter(rng, (0.12, 0.32, 0.62), 0.05))
-        if rng.random() < 0.5:  # lake
+        if rng.random() < prior.lake_p:  # lake
             cv.ellipse(water, rng.uniform(0.15, 0.85), rng.uniform(horizon + 0.08, 0.85),
-                       rng.uniform(0.15, 0.35), rng.uniform(0.05, 0.12))
+                       rng.uniform(*prior.lake_rx), rng.uniform(*prior.lake_ry))
         else:  # river, wider when near
             xa, xb = rng.uniform(0.1, 0.9), rng.uniform(0.0, 1.0)
             wa, wb = rng.uniform(0.02, 0.05), rng.uniform(0.10, 0.22)
             cv.poly(water, [(xa - wa, horizon), (xa + wa, horizon), (xb + wb, 1.0),
                             (xb - wb, 1.0)])
-    if rng.random() < 0.5:
+    if rng.random() < prior.road_p:
         road = cv.new("road", _jitter(rng, (0.40, 0.40, 0.42), 0.05))
         xv, xb = rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.9)
-        wv, wb = rng.uniform(0.01, 0.03), rng.uniform(0.12, 0.25)
+        wv, wb = rng.uniform(0.01, 0.03), rng.uniform(*prior.road_width)
         cv.poly(road, [(xv - wv, horizon), (xv + wv, horizon), (xb + wb, 1.05), (xb - wb, 1.05)])
 
 
@@ -239,31 +276,132 @@ def _texture(cv: _Canvas, rng: np.random.Generator, layout: dict, horizon: float
     return np.clip(img, 0.0, 1.0)
 
 
-def render_scene(seed: int, index: int, size: int = 64) -> Scene:
-    """Render scene ``index`` of ``seed`` at ``size``×``size`` pixels (see module docstring)."""
+def render_scene(seed: int, index: int, size: int = 64, scene_type: str | None = None) -> Scene:
+    """Render scene ``index`` of ``seed`` at ``size``×``size`` pixels (see module docstring).
+
+    With ``scene_type`` (one of :data:`SCENE_TYPES`) the scene is drawn from that type's prior
+    until :func:`scene_type_of` gives that type with the margin :data:`SCENE_MARGIN`; it still
+    depends only on ``(seed, index, scene_type, size)``. ``None`` renders the untyped scene.
+    """
     if size < 16:
         raise ValueError(f"Toyworld scenes need size >= 16 pixels, got {size}")
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
+    if scene_type is not None and scene_type not in _PRIORS:
+        raise ValueError(f"unknown scene type {scene_type!r}; scene types: "
+                         f"{', '.join(SCENE_TYPES)}")
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index])))
+    if scene_type is None:
+        return _draw_scene(rng, size, _DEFAULT_PRIOR)
+    for _ in range(_MAX_ATTEMPTS):
+        scene = _draw_scene(rng, size, _PRIORS[scene_type])
+        if _is_clear_instance(scene.leaf, scene_type):
+            return scene
+    raise RuntimeError(f"no clear {scene_type!r} scene in {_MAX_ATTEMPTS} draws for seed={seed}, "
+                       f"index={index}, size={size}")
+
+
+def _draw_scene(rng: np.random.Generator, size: int, prior: _Prior) -> Scene:
+    """One scene from ``rng`` under ``prior`` (the default prior: the untyped renderer)."""
     cv = _Canvas(size)
-    horizon = float(rng.uniform(0.35, 0.6))
+    horizon = float(rng.uniform(*prior.horizon))
     layout = _draw_sky(cv, rng, horizon)
-    _draw_mountains(cv, rng, horizon)
-    _draw_ground(cv, rng, horizon)
+    _draw_mountains(cv, rng, horizon, prior)
+    _draw_ground(cv, rng, horizon, prior)
     things: list[tuple[float, str]] = []
     things += [(float(rng.uniform(horizon + 0.05, 1.0)), "house")
-               for _ in range(int(rng.choice(4, p=[0.3, 0.35, 0.25, 0.1])))]
+               for _ in range(int(rng.choice(len(prior.houses), p=list(prior.houses))))]
     things += [(float(rng.uniform(horizon + 0.03, 1.05)), "tree")
-               for _ in range(int(rng.integers(0, 7)))]
+               for _ in range(int(rng.integers(*prior.trees)))]
     for base, kind in sorted(things):  # far (small base y) to near
         scale = 0.45 + 0.75 * (base - horizon) / (1.0 - horizon)
         x = float(rng.uniform(0.05, 0.95))
-        (_draw_house if kind == "house" else _draw_tree)(cv, rng, x, base, scale)
+        if kind == "house":
+            _draw_house(cv, rng, x, base, scale * prior.house_scale)
+        else:
+            _draw_tree(cv, rng, x, base, scale * prior.tree_scale)
     img = _texture(cv, rng, layout, horizon)
     leaf = np.asarray(cv.leaf, dtype=np.uint8)[cv.ids]
     return Scene(image=np.ascontiguousarray(img.transpose(2, 0, 1)) * 2.0 - 1.0,
                  masks=leaves_to_masks(leaf), leaf=leaf)
+
+
+# --- scene types -------------------------------------------------------------------------------
+
+#: Scene types, in class-index order.
+SCENE_TYPES: tuple[str, ...] = ("village", "forest", "lake", "road", "mountains", "open_field")
+#: Type -> (defining concept, threshold on the fraction of the image it covers).
+SCENE_RULES: dict[str, tuple[str, float]] = {
+    "village": ("house", 0.08),
+    "forest": ("tree", 0.20),
+    "lake": ("water", 0.10),
+    "road": ("road", 0.08),
+    "mountains": ("mountain", 0.15),
+}
+#: A typed scene keeps every other type's fraction/threshold ratio at or below this.
+SCENE_MARGIN = 0.5
+_MAX_ATTEMPTS = 200
+_LEAVES_OF = {concept: [LEAF_ID[leaf] for leaf, obj in PART_OF.items() if obj == concept]
+              or [LEAF_ID[concept]] for concept, _ in SCENE_RULES.values()}
+
+#: Shared by the typed priors: low hills, no water or road, rarely a (small) house.
+_TYPED_BASE = _Prior(mountains=(0, 2), mountain_height=(0.04, 0.12), water_p=0.0, road_p=0.0,
+                     houses=(0.8, 0.2), house_scale=0.8)
+_PRIORS: dict[str, _Prior] = {
+    "village": replace(_TYPED_BASE, houses=(0.0, 0.0, 0.0, 0.4, 0.4, 0.2), house_scale=1.3,
+                       trees=(0, 3)),
+    "forest": replace(_TYPED_BASE, houses=(0.9, 0.1), trees=(9, 17), tree_scale=1.3),
+    "lake": replace(_TYPED_BASE, water_p=1.0, lake_p=0.85, lake_rx=(0.3, 0.5),
+                    lake_ry=(0.12, 0.22), trees=(0, 4), tree_scale=0.8),
+    "road": replace(_TYPED_BASE, road_p=1.0, road_width=(0.22, 0.40), trees=(0, 4),
+                    tree_scale=0.8),
+    "mountains": replace(_TYPED_BASE, horizon=(0.5, 0.65), mountains=(3, 6),
+                         mountain_height=(0.25, 0.45), mountain_width=(0.5, 0.9), trees=(0, 3),
+                         tree_scale=0.8),
+    "open_field": replace(_TYPED_BASE, mountain_height=(0.04, 0.10), trees=(0, 3)),
+}
+
+
+def scene_types() -> tuple[str, ...]:
+    """The scene types :func:`render_scene` accepts, in class-index order."""
+    return SCENE_TYPES
+
+
+def scene_ratios(leaf: np.ndarray) -> dict[str, float]:
+    """Per type with a defining concept: the fraction of pixels of ``leaf`` (a leaf-id map
+    ``[H, W]``) that carry the concept, divided by the type's threshold."""
+    n = leaf.size
+    return {t: float(np.isin(leaf, _LEAVES_OF[c]).sum()) / n / thr
+            for t, (c, thr) in SCENE_RULES.items()}
+
+
+def scene_type_of(leaf: np.ndarray) -> str:
+    """The scene type of a leaf-id map ``[H, W]`` by the rule of the module docstring.
+
+    >>> scene_type_of(np.full((8, 8), LEAF_ID["grass"], dtype=np.uint8))
+    'open_field'
+    """
+    ratios = scene_ratios(leaf)
+    best = max(ratios, key=lambda t: ratios[t])  # ties: the first in SCENE_TYPES order
+    return best if ratios[best] >= 1.0 else "open_field"
+
+
+def _is_clear_instance(leaf: np.ndarray, scene_type: str) -> bool:
+    ratios = scene_ratios(leaf)
+    others = [r for t, r in ratios.items() if t != scene_type]
+    own = ratios.get(scene_type, 1.0)  # open_field has no defining concept
+    return own >= 1.0 and max(others) <= SCENE_MARGIN
+
+
+def render_typed_batch(seed: int, start: int, n: int, size: int = 64
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Balanced typed scenes ``start .. start+n-1`` of ``seed``: scene ``i`` has type
+    ``SCENE_TYPES[i % len(SCENE_TYPES)]``. Returns images ``[n,3,S,S]`` float32 in [-1, 1],
+    masks ``[n,C,S,S]`` bool and labels ``[n]`` int64 (indices into :data:`SCENE_TYPES`)."""
+    labels = np.array([(start + i) % len(SCENE_TYPES) for i in range(n)], dtype=np.int64)
+    scenes = [render_scene(seed, start + i, size, SCENE_TYPES[int(labels[i])]) for i in range(n)]
+    images = np.stack([s.image for s in scenes]).astype(np.float32)
+    return images, np.stack([s.masks for s in scenes]), labels
 
 
 def render_batch(seed: int, start: int, n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
