@@ -151,9 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
         example = seg.images(0, 1).to(args.device) if args.probe is not None else \
             gen.sample_latents(1, 0, 0)
-        for layer in args.layers:
-            gen = Rotated(gen, layer, seed=args.rotate,
-                          units=layer_units(gen, layer, example))
+        gen = Rotated(gen, args.layers, seed=args.rotate,
+                      units=[layer_units(gen, layer, example) for layer in args.layers])
         model_name = f"{args.model} (rotated, seed {args.rotate})"
     try:
         with cluster as client, torch.no_grad():

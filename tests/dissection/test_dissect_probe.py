@@ -219,6 +219,38 @@ def test_rotated_layer_dissects_the_rotated_basis() -> None:
         Rotated(model, "nope", seed=0)
 
 
+def test_several_layers_rotate_at_once() -> None:
+    """Two rotated layers in one wrapper: each dissected layer is the rotation of the original
+    network's layer (rotating conv2 does not change what conv3 computes), and the model's own
+    output is unchanged."""
+    model, probe = TinyCNN(), StripesProbe()
+    rot = Rotated(model, ["conv2", "conv3"], seed=2)
+    assert rot.rotation_of("conv3").shape == (5, 5) and torch.equal(
+        rot.rotation, rot.rotation_of("conv2"))
+    res = dissect_probe(rot, probe, ["conv2", "conv3"], quantile=0.05,
+                        category_conditioned=False)
+    with torch.no_grad(), Trace(model, ["conv2", "conv3"]) as tr:
+        logits = model(probe.images(0, len(probe)))
+    with torch.no_grad():
+        assert torch.equal(rot(probe.images(0, len(probe))), logits)
+    masks = probe.masks(0, len(probe))
+    for layer in ("conv2", "conv3"):
+        turned = torch.einsum("uv,nvhw->nuhw", rot.rotation_of(layer), tr[layer])
+        up = F.interpolate(turned, size=probe.mask_size, mode="bilinear", align_corners=False)
+        _, ref = brute_force(up, masks, 0.05)
+        assert np.abs(res[layer].iou - ref).max() <= 1e-3
+    with torch.no_grad(), Trace(model, ["conv2"]) as plain:
+        model(probe.images(0, 4))
+    with torch.no_grad(), Trace(rot, ["conv2"]) as turned:
+        rot(probe.images(0, 4))
+    assert torch.allclose(turned["conv2"], torch.einsum("uv,nvhw->nuhw", rot.rotation,
+                                                        plain["conv2"]), atol=1e-5)
+    with pytest.raises(ValueError, match="distinct layers"):
+        Rotated(model, ["conv2", "conv2"], seed=0)
+    with pytest.raises(ValueError, match="2 unit counts for 1 layers"):
+        Rotated(model, "conv2", seed=0, units=[8, 8])
+
+
 def test_generator_dissection_is_unchanged_by_the_probe_path() -> None:
     """A generator with a segmenter still runs the generator + segmenter path."""
     from tiny import TinyGenerator, TinySegmenter, check_against_brute_force
