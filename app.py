@@ -2,42 +2,66 @@
 
 Run ``python app.py`` (or ``gandissect app``; options ``--model --segmenter --layer --host
 --port --trust-pickle``; model and segmenter may be ``NAME:PATH``) and open
-http://127.0.0.1:7860. Pick an image (by seed, at random, or from a grid), a concept brush, draw
-or remove, strength (how many of the concept's causal units) and intensity, click the Brush
-tool, paint over the image and press "Apply stroke". Every stroke is listed; undo, redo, reset.
-The expert panel paints with hand-picked units of any layer and shows a unit's feature map.
+http://127.0.0.1:7860. The page is served at once; while the brushes are built (minutes the
+first time, then cached) a progress bar shows how far it is and the paint controls wait. Pick
+an image (by seed, at random, or from a grid), a concept brush, draw or remove, strength (how
+many of the concept's causal units) and intensity, paint over the image and press "Apply
+stroke"; each brush's measured effect is shown, and brushes without one say so. Every stroke
+is listed; undo, redo, reset. The expert panel paints with hand-picked units of any layer and
+shows a unit's feature map.
 
-The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering):
-callbacks only translate between widgets and that API. Each browser session has its own
-history (``gr.State``); forward passes are serialised by the painter's lock.
+The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering, the
+background build in :mod:`~gandissect.paint.job`, the paint canvas in
+:mod:`~gandissect.paint.canvas`): callbacks only translate between widgets and that API. Each
+browser session has its own history (``gr.State``); forward passes are serialised by the
+painter's lock. Images reach the browser as data URLs or as files written once under their
+content hash (never rewritten while a browser may be reading them).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import hashlib
+import html
+import itertools
+import os
 import random
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from gandissect.cli.app import add_arguments
+from gandissect.paint import canvas as cv
+from gandissect.paint.effects import best_default
+from gandissect.paint.job import PainterJob
 from gandissect.paint.painter import (
     STRENGTHS,
     EmptyStrokeError,
     History,
     Painter,
     Stroke,
-    mask_from_editor,
-    open_painter,
+    upscale,
 )
 
-#: Display scale of the 64 px images (nearest neighbour).
+#: Display scale of the 64 px result image (nearest neighbour).
 SCALE = 4
-HEADERS = ["#", "concept", "mode", "strength", "alpha", "units"]
+HEADERS = ["#", "concept", "mode", "strength", "alpha", "units", "layer"]
+EFFECT_HEADERS = ["concept", "strength", "draw: points of the image added",
+                  "remove: share of its pixels removed", "verdict"]
 #: Images per page of the "pick from a grid" gallery.
 GRID = 12
+#: How long an API call made before the brushes are ready waits for them (seconds).
+API_WAIT = 600.0
+DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
+FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
+_ROW = "display:flex;gap:10px;align-items:center;flex-wrap:wrap"
 
 
 def grid_seed(page: int, index: int) -> int:
@@ -49,35 +73,89 @@ def grid_seed(page: int, index: int) -> int:
     if not 0 <= index < GRID or page < 0:
         raise ValueError(f"no thumbnail {index} on page {page}")
     return page * GRID + index
-DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
-FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 
 
-def _editor(image: np.ndarray) -> dict[str, Any]:
-    """An ImageEditor value showing ``image`` with no painted layer."""
-    return {"background": image, "layers": [], "composite": image}
+class ImageFiles:
+    """PNG files written once each under their content hash (atomically), in a folder removed
+    at exit. Gradio rewrites its own cache file of an image each time the same image is sent
+    again, which a browser may be reading ("Too much data for declared Content-Length")."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="ganpaint-"))
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
+
+    def path(self, image: np.ndarray) -> str:
+        arr = np.ascontiguousarray(image, dtype=np.uint8)
+        digest = hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()[:32]
+        path = self.folder / f"{digest}.png"
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            os.close(fd)
+            Image.fromarray(arr).save(tmp, format="PNG")
+            os.replace(tmp, path)
+        return str(path)
+
+
+def build_status(job: PainterJob) -> str:
+    """HTML: a progress bar while the brushes are built, then a one-line summary."""
+    st = job.status()
+    notes = "".join(f"<div>{html.escape(n)}</div>" for n in job.notes)
+    if st.state == "failed":
+        return (f"<div style='{_ROW}'><b>No brushes:</b> {html.escape(st.message)}</div>"
+                + notes)
+    if st.state == "ready":
+        acting = {c for (c, _m, _s), e in job.effects.items() if e.acts}
+        total = len(job.painter.concepts) if job.painter is not None else 0
+        return (f"<div style='{_ROW}'>Brushes ready: {total} concepts, {len(acting)} "
+                "with a measurable effect (see <i>Brush effects</i>).</div>" + notes)
+    minutes, seconds = divmod(int(st.seconds), 60)
+    what = {"loading": "Loading the models", "building": "Building the brushes",
+            "measuring": "Measuring the brushes"}[st.state]
+    return (f"<div style='{_ROW}'><progress value='{st.fraction:.3f}' max='1' "
+            f"style='width:min(320px,100%);height:14px'></progress>"
+            f"<b>{100 * st.fraction:.0f}%</b> {what} (first start: minutes; then cached) - "
+            f"{html.escape(st.message)} - {minutes} min {seconds:02d} s. You can look at "
+            "images meanwhile; "
+            f"painting starts when this is done.</div>{notes}")
 
 
 def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer4",
-              painter: Painter | None = None, **build: Any) -> Any:
-    """The Gradio Blocks of GANPaint (not launched). ``build`` goes to brush building."""
-    if painter is None:
-        painter = open_painter(model, segmenter, layer,
-                               progress=lambda msg: print(f"[gandissect app] {msg}", flush=True),
-                               **build)
-    p = painter
-    if not p.concepts:
-        raise ValueError(f"no concept has causal units in layer {p.layer!r} of {model!r}; "
-                         "pick another --layer")
+              painter: Painter | None = None, job: PainterJob | None = None,
+              fallback: bool = False, **build: Any) -> Any:
+    """The Gradio Blocks of GANPaint (not launched). The brushes come from ``painter``, a
+    started or not yet started ``job``, or a background :class:`PainterJob` for ``model``,
+    ``segmenter`` and ``layer`` (``build`` goes to the brush build; ``fallback``: use the
+    planted model when the model's weights are missing). The page never waits for them."""
+    if job is None:
+        job = (PainterJob.for_painter(painter) if painter is not None else
+               PainterJob(model, segmenter, layer,
+                          fallback=tuple(FALLBACK.values()) if fallback else None, **build))
+    job.start()
+    files = ImageFiles()
+    seq = itertools.count()
 
-    def outputs(seed: float, history: History, status: str) -> tuple[Any, ...]:
-        image = p.render(int(seed), history.active, scale=SCALE)  # one forward pass per event
-        return image, _editor(image), history, history.rows(), status
+    def models() -> Painter:
+        return job.wait_models(120.0)
+
+    def brushes_ready(wait: float) -> Painter:
+        p = models()
+        if not (job.wait(wait) and p.ready):
+            st = job.status()
+            raise ValueError(f"the brushes are not ready yet ({100 * st.fraction:.0f}%: "
+                             f"{st.message}); paint when the progress bar is done"
+                             if st.state != "failed" else f"no brushes: {st.message}")
+        return p
+
+    def outputs(seed: float, history: History, status: str, clear: str) -> tuple[Any, ...]:
+        image = models().render(int(seed), history.active)  # one forward pass per event
+        return (files.path(upscale(image, SCALE)), cv.canvas_value(image, clear, next(seq)),
+                history, history.rows(), status)
 
     def show(seed: float | None, history: History) -> tuple[Any, ...]:
-        if seed is None or seed < 0:
-            raise gr.Error("seed must be a whole number >= 0")
-        return outputs(seed, history, f"image {int(seed)}: {len(history.active)} stroke(s)")
+        if seed is None or seed < 0 or seed != int(seed):
+            raise gr.Error("the image number (seed) must be a whole number >= 0")
+        return outputs(seed, history, f"image {int(seed)}: {len(history.active)} stroke(s)",
+                       "all")
 
     def new_image(seed: float | None, history: History) -> tuple[Any, ...]:
         return show(seed, History())
@@ -88,8 +166,9 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
 
     def grid(page: float | None) -> tuple[Any, ...]:
         page = max(0, int(page or 0))
-        images = [(p.render(grid_seed(page, i), [], scale=2), f"seed {grid_seed(page, i)}")
-                  for i in range(GRID)]
+        p = models()
+        images = [(files.path(upscale(p.render(grid_seed(page, i), []), 2)),
+                   f"seed {grid_seed(page, i)}") for i in range(GRID)]
         return images, page
 
     def next_grid(page: float | None) -> tuple[Any, ...]:
@@ -99,65 +178,129 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         chosen = grid_seed(int(page or 0), int(evt.index))
         return (chosen, *show(chosen, History()))
 
-    def add(seed: float, history: History, make: Any) -> tuple[Any, ...]:
+    def add(seed: float | None, history: History, make: Any, note: str = "") -> tuple[Any, ...]:
+        if seed is None or seed < 0:
+            gr.Warning("Pick an image first (seed >= 0).")
+            return outputs(0, history, "not applied: no image", "none")
+        before = models().render(int(seed), history.active)
         try:
             stroke: Stroke = make()
         except EmptyStrokeError:
-            gr.Warning("Empty stroke: click the Brush tool and paint on the image first.")
-            return outputs(seed, history, "empty stroke: image unchanged")
+            gr.Warning("Empty stroke: paint over the image first, then Apply.")
+            return outputs(seed, history, "empty stroke: image unchanged", "taken")
         except ValueError as exc:
             gr.Warning(str(exc))
-            return outputs(seed, history, f"not applied: {exc}")
+            return outputs(seed, history, f"not applied: {exc}", "none")
         history = history.push(stroke)
-        return outputs(seed, history, f"{stroke.mode} {stroke.label} with units "
-                       f"{', '.join(map(str, stroke.units))}")
+        out = outputs(seed, history, f"stroke {len(history.active)}: {stroke.mode} "
+                      f"{stroke.label} ({stroke.layer}) with units "
+                      f"{', '.join(map(str, stroke.units))}", "taken")
+        after = models().render(int(seed), history.active)
+        if np.array_equal(before, after):
+            gr.Warning("The stroke changed no pixel here. " + note)
+            out = (*out[:4], out[4] + " - no visible change here. " + note)
+        elif note:
+            out = (*out[:4], out[4] + " - " + note)
+        return out
 
-    def paint(editor: Any, seed: float, concept: str, mode: str, strength: float,
+    def effect_note(concept: str | None, mode: str, strength: float) -> str:
+        e = job.effects.get((str(concept), str(mode), int(strength)))
+        if e is None:
+            return "" if job.status().state != "ready" else "effect not measured"
+        return ("Measured: " + e.describe() +
+                ("" if e.acts else ". Try another concept, mode, strength or --layer."))
+
+    def paint(mask: str | None, seed: float, concept: str | None, mode: str, strength: float,
               alpha: float, history: History) -> tuple[Any, ...]:
-        return add(seed, history, lambda: p.stroke(concept, mode, mask_from_editor(editor),
-                                                    int(strength), float(alpha)))
+        def make() -> Stroke:
+            p = brushes_ready(API_WAIT)
+            if not concept:
+                raise ValueError("pick a concept brush first")
+            return p.stroke(concept, mode, cv.decode_mask(mask), int(strength), float(alpha))
+        return add(seed, history, make, effect_note(concept, mode, strength))
 
-    def paint_units(editor: Any, seed: float, layer_name: str, units: str, mode: str,
+    def paint_units(mask: str | None, seed: float, layer_name: str, units: str, mode: str,
                     alpha: float, history: History) -> tuple[Any, ...]:
-        return add(seed, history, lambda: p.unit_stroke(layer_name, units, mode,
-                                                        mask_from_editor(editor), float(alpha)))
+        return add(seed, history, lambda: models().unit_stroke(
+            layer_name, units, mode, cv.decode_mask(mask), float(alpha)))
 
     def step(seed: float, history: History, how: str) -> tuple[Any, ...]:
         new = {"undo": history.undo, "redo": history.redo, "reset": history.reset}[how]()
-        return outputs(seed, new, f"{how}: {len(new.active)} stroke(s) active")
+        return outputs(seed, new, f"{how}: {len(new.active)} stroke(s) active", "none")
 
     def feature(seed: float, layer_name: str, unit: float, history: History) -> Any:
         try:
-            return p.feature_map(int(seed), int(unit), layer_name, history.active, scale=SCALE)
+            return files.path(models().feature_map(int(seed), int(unit), layer_name,
+                                                   history.active, scale=SCALE))
         except ValueError as exc:
             gr.Warning(str(exc))
             return None
 
-    size = p.resolution * SCALE
+    def effects_rows() -> list[list[Any]]:
+        rows = []
+        for (c, m, s), e in sorted(job.effects.items()):
+            if m != "draw":
+                continue
+            r = job.effects.get((c, "remove", s))
+            verdict = ", ".join(f"{mode} acts" if x.acts else f"{mode}: no measurable effect"
+                                for mode, x in (("draw", e), ("remove", r)) if x is not None)
+            rows.append([c, s, f"{100 * e.added:+.1f}",
+                         f"{100 * r.removed:.0f}%" if r is not None else "", verdict])
+        return rows
+
+    def tick(started: bool) -> tuple[Any, ...]:
+        """Progress while building; once ready, enable painting (once per page)."""
+        text = build_status(job)
+        st = job.status()
+        if st.state not in ("ready", "failed") or started:
+            return (text, *(gr.update(),) * 8, started,
+                    gr.Timer(active=st.state not in ("ready", "failed")))
+        if st.state == "failed":
+            return (text, *(gr.update(),) * 8, True, gr.Timer(active=False))
+        p = models()
+        first = best_default(job.effects, STRENGTHS) or (p.concepts[0], "draw", STRENGTHS[-1])
+        note = effect_note(*first)
+        return (text, gr.update(choices=p.concepts, value=first[0], interactive=True),
+                gr.update(value=first[1]), gr.update(value=first[2]), gr.update(interactive=True),
+                gr.update(interactive=True), gr.update(choices=p.layers, value=p.layer),
+                note, effects_rows(), True, gr.Timer(active=False))
+
+    title = job.model if job.painter is None else job.painter.name
     with gr.Blocks(title="GANPaint - gandissect") as demo:
         history = gr.State(History())
-        gr.Markdown(f"# GANPaint\nModel **{p.name}**, layer **{p.layer}**. Click the Brush "
-                    "tool, paint over the image, then *Apply stroke*.")
+        enabled = gr.State(False)
+        gr.Markdown(f"# GANPaint\nModel **{title}**, layer **{job.layer}**. Paint over the "
+                    "image on the left (the brush follows the mouse), then *Apply stroke*.")
+        status_html = gr.HTML(build_status(job), elem_id="build-status")
+        timer = gr.Timer(1.0)
+        with gr.Row(equal_height=False):
+            with gr.Column(min_width=260):
+                canvas = gr.HTML(value={"src": "", "clear": "all", "seq": -1, "note": ""},
+                                 html_template=cv.HTML, css_template=cv.CSS, js_on_load=cv.JS,
+                                 elem_id="paint-canvas")
+                mask_box = gr.Textbox(visible="hidden", elem_id="paint-mask")
+            with gr.Column(min_width=260):
+                result = gr.Image(type="filepath", label="result (download: PNG)",
+                                  buttons=["download"], interactive=False,
+                                  elem_id="paint-result")
         with gr.Row():
-            seed = gr.Number(value=0, precision=0, minimum=0, label="image (seed)")
-            rand = gr.Button("Random image")
-            concept = gr.Dropdown(p.concepts, value=p.concepts[0], label="concept brush")
-            mode = gr.Radio(["draw", "remove"], value="remove", label="mode")
-            strength = gr.Radio(list(STRENGTHS), value=STRENGTHS[0], label="strength (units)")
-            alpha = gr.Slider(0.1, 1.0, value=1.0, step=0.05, label="intensity (alpha)")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="image (seed)", min_width=120)
+            rand = gr.Button("Random image", min_width=120)
+            concept = gr.Dropdown([], value=None, label="concept brush", interactive=False,
+                                  allow_custom_value=True,  # API callers: checked in paint
+                                  min_width=140, elem_id="concept")
+            mode = gr.Radio(["draw", "remove"], value="draw", label="mode", min_width=140)
+            strength = gr.Radio(list(STRENGTHS), value=STRENGTHS[0], label="strength (units)",
+                                min_width=160)
+            alpha = gr.Slider(0.1, 1.0, value=1.0, step=0.05, label="intensity (alpha)",
+                              min_width=160)
+        effect = gr.Markdown("", elem_id="brush-effect")
         with gr.Row():
-            editor = gr.ImageEditor(type="numpy", format="png", sources=(), transforms=(),
-                                    layers=False, canvas_size=(size, size), fixed_canvas=True,
-                                    brush=gr.Brush(colors=["#ff00ff"], default_size=12,
-                                                   color_mode="fixed"),
-                                    label="paint here", elem_id="paint-editor")
-            result = gr.Image(type="numpy", format="png", label="result (download: PNG)",
-                              buttons=["download"], interactive=False, elem_id="paint-result")
-        with gr.Row():
-            apply = gr.Button("Apply stroke", variant="primary", elem_id="apply-stroke")
-            undo = gr.Button("Undo")
-            redo = gr.Button("Redo")
-            reset = gr.Button("Reset")
+            apply = gr.Button("Apply stroke", variant="primary", elem_id="apply-stroke",
+                              interactive=False, min_width=120)
+            undo = gr.Button("Undo edit", elem_id="undo-edit", min_width=100)
+            redo = gr.Button("Redo edit", elem_id="redo-edit", min_width=100)
+            reset = gr.Button("Reset edits", elem_id="reset-edits", min_width=100)
         status = gr.Textbox(label="status", interactive=False, elem_id="paint-status")
         with gr.Accordion("Pick an image from a grid", open=False):
             page = gr.Number(value=0, precision=0, minimum=0, label="grid page")
@@ -166,24 +309,36 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                                  elem_id="image-grid")
             more = gr.Button("Other images")
         table = gr.Dataframe(headers=HEADERS, label="strokes", interactive=False)
+        with gr.Accordion("Brush effects (measured: a stroke over the whole image)",
+                          open=False):
+            effects = gr.Dataframe(headers=EFFECT_HEADERS, interactive=False,
+                                   elem_id="brush-effects")
         with gr.Accordion("Expert: units by hand, feature maps", open=False):
             with gr.Row():
-                layer_box = gr.Dropdown(p.layers, value=p.layer, label="layer")
+                layer_box = gr.Dropdown([job.layer], value=job.layer, label="layer")
                 units_box = gr.Textbox(label="units (comma list)", placeholder="3, 17")
                 unit_mode = gr.Radio(["draw", "remove"], value="remove", label="mode")
-                apply_units = gr.Button("Apply units")
+                apply_units = gr.Button("Apply units", interactive=False)
             with gr.Row():
                 unit_num = gr.Number(value=0, precision=0, minimum=0, label="unit")
                 show_map = gr.Button("Show feature map")
-                heat = gr.Image(type="numpy", label="feature map", interactive=False)
+                heat = gr.Image(type="filepath", label="feature map", interactive=False)
 
-        outs = [result, editor, history, table, status]
+        outs = [result, canvas, history, table, status]
+        timer.tick(tick, [enabled], [status_html, concept, mode, strength, apply, apply_units,
+                                     layer_box,
+                                     effect, effects, enabled, timer], show_progress="hidden",
+                   queue=False)
+        for widget in (concept, mode, strength):
+            widget.change(effect_note, [concept, mode, strength], effect, queue=False,
+                          show_progress="hidden")
         seed.submit(new_image, [seed, history], outs, api_name="image")
         rand.click(random_image, [history], [seed, *outs], api_name="random")
-        apply.click(paint, [editor, seed, concept, mode, strength, alpha, history], outs,
-                    api_name="paint", trigger_mode="once")
-        apply_units.click(paint_units, [editor, seed, layer_box, units_box, unit_mode, alpha,
-                                        history], outs, api_name="paint_units")
+        apply.click(paint, [mask_box, seed, concept, mode, strength, alpha, history], outs,
+                    api_name="paint", js=cv.TAKE_MASK_JS, show_progress="minimal")
+        apply_units.click(paint_units, [mask_box, seed, layer_box, units_box, unit_mode, alpha,
+                                        history], outs, api_name="paint_units",
+                          js=cv.TAKE_MASK_JS)
         for button, how in ((undo, "undo"), (redo, "redo"), (reset, "reset")):
             button.click(lambda s, h, how=how: step(s, h, how), [seed, history], outs,
                          api_name=how)
@@ -194,6 +349,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         gallery.select(pick, [page], [seed, *outs])
         demo.load(show, [seed, history], outs)
         demo.load(grid, [page], [gallery, page])
+    demo.ganpaint_job = job  # for tests and shutdown
     return demo
 
 
@@ -204,17 +360,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
-    """Build and launch the app; falls back to the planted model (with a message) when the
-    default Toyworld GAN's weights are missing."""
+    """Build and launch the app at once (brushes build in the background); falls back to the
+    planted model (said on stderr and in the page) when the default Toyworld GAN's weights are
+    missing."""
     chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
-    try:
-        demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False))
-    except FileNotFoundError as exc:
-        if chosen != DEFAULTS:
-            raise
-        print(f"[gandissect app] {exc}\n[gandissect app] falling back to "
-              "--model planted --segmenter planted --layer layout", file=sys.stderr)
-        demo = build_app(**FALLBACK)
+    demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
+                     fallback=chosen == DEFAULTS)
     return demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=args.host, server_port=args.port, **launch_kw)
 

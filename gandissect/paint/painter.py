@@ -164,9 +164,9 @@ class History:
         return History()
 
     def rows(self) -> list[list[Any]]:
-        """One table row per active stroke: #, concept, mode, strength, alpha, units."""
-        return [[i + 1, s.label, s.mode, s.strength, s.alpha, ", ".join(map(str, s.units))]
-                for i, s in enumerate(self.active)]
+        """One table row per active stroke: #, concept, mode, strength, alpha, units, layer."""
+        return [[i + 1, s.label, s.mode, s.strength, s.alpha, ", ".join(map(str, s.units)),
+                 s.layer] for i, s in enumerate(self.active)]
 
 
 # ---------------------------------------------------------------------------------- painter
@@ -177,19 +177,44 @@ class Painter:
     Thread-safe: forward passes (which add hooks to the shared generator) hold one lock.
     """
 
-    def __init__(self, generator: Any, brushes: BrushSet, name: str = "") -> None:
+    def __init__(self, generator: Any, brushes: BrushSet | None = None, name: str = "",
+                 layer: str | None = None, segmenter: Any = None) -> None:
+        if brushes is None and layer is None:
+            raise ValueError("give the brushes or, until they are built, their layer")
         self.generator = generator.eval()
-        self.brushes = brushes
-        self.layer = brushes.layer
+        self.segmenter = segmenter
+        self.layer: str = brushes.layer if brushes is not None else str(layer)
         self.name = name
         self._lock = threading.Lock()
         self._shapes: dict[str, tuple[int, int, int]] = {}
-        self._quantiles: dict[str, tuple[float, ...]] = {brushes.layer: brushes.quantile}
+        self._quantiles: dict[str, tuple[float, ...]] = {}
+        self._brushes: BrushSet | None = None
+        if brushes is not None:
+            self.set_brushes(brushes)
+
+    @property
+    def brushes(self) -> BrushSet:
+        """The brushes; ValueError while they are still being built (:attr:`ready`)."""
+        if self._brushes is None:
+            raise ValueError(f"the brushes of layer {self.layer!r} are still being built")
+        return self._brushes
+
+    @property
+    def ready(self) -> bool:
+        """Whether the brushes are there (images render before that, strokes need them)."""
+        return self._brushes is not None
+
+    def set_brushes(self, brushes: BrushSet) -> None:
+        """Hand over the brushes once built (a background build calls this)."""
+        if brushes.layer != self.layer:
+            raise ValueError(f"brushes of layer {brushes.layer!r} for a painter of {self.layer!r}")
+        self._quantiles.setdefault(brushes.layer, brushes.quantile)
+        self._brushes = brushes
 
     @property
     def concepts(self) -> list[str]:
-        """Concepts that have a brush (at least one causal unit)."""
-        return list(self.brushes.brushes)
+        """Concepts that have a brush (at least one causal unit); none until :attr:`ready`."""
+        return list(self._brushes.brushes) if self._brushes is not None else []
 
     @property
     def layers(self) -> list[str]:
@@ -213,7 +238,7 @@ class Painter:
         """Per-unit insertion values of ``layer`` (computed once over 50 samples if needed)."""
         if layer not in self._quantiles:
             self.layer_shape(layer)
-            q = float(self.brushes.meta.get("q", 0.99))
+            q = float(self._brushes.meta.get("q", 0.99)) if self._brushes is not None else 0.99
             with self._lock:
                 stats = unit_statistics(self.generator, layer, samples=50, seed=0, q=q)
             self._quantiles[layer] = tuple(float(v) for v in stats.quantile)
@@ -340,16 +365,11 @@ def upscale(image: np.ndarray, scale: int) -> np.ndarray:
     return image if scale == 1 else np.repeat(np.repeat(image, scale, 0), scale, 1)
 
 
-def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None, trust_pickle: bool = False,
-                 **build: Any) -> Painter:
-    """Load ``model`` and ``segmenter`` by registry name and return a :class:`Painter` for
-    ``layer``; brushes are cached in ``folder`` (default
-    :func:`gandissect.paint.brushes.cache_dir`) under
-    ``<model>-<segmenter>-<layer>-<fingerprint of both networks' weights>[-<settings>].json``.
-    ``model`` and ``segmenter`` may be ``NAME:PATH`` (a local checkpoint, folder or hub id, as
-    on the command line); ``trust_pickle`` reaches the loaders that read checkpoint files. A
-    missing weights file raises FileNotFoundError that names the planted fallback."""
+def load_models(model: str, segmenter: str, layer: str, trust_pickle: bool = False
+                ) -> tuple[Any, Any]:
+    """The generator and segmenter named ``model`` and ``segmenter`` (registry names, or
+    ``NAME:PATH`` as on the command line), checked to have ``layer``. A missing weights file
+    raises FileNotFoundError that names the planted fallback."""
     import models
     import segmenters
 
@@ -368,12 +388,32 @@ def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | No
     if layer not in gen.layer_names:
         raise ValueError(f"model {model!r} has no layer {layer!r}; layers: "
                          f"{', '.join(gen.layer_names)}")
-    seg = segmenters.load(seg_name, **seg_kw)
-    # the key changes whenever either network's weights change (a swapped model never reuses
-    # stale brushes)
-    key = f"{model_name}-{seg_name}-{layer}-{fingerprint(gen, seg)}"
+    return gen, segmenters.load(seg_name, **seg_kw)
+
+
+def brush_key(model: str, segmenter: str, layer: str, generator: Any, seg: Any,
+              **build: Any) -> str:
+    """The brush cache key: ``<model>-<segmenter>-<layer>-<fingerprint>[-<settings hash>]``
+    (names without their ``:PATH``); it changes whenever either network's weights change, so
+    a swapped model never reuses stale brushes."""
+    key = f"{split_spec(model)[0]}-{split_spec(segmenter)[0]}-{layer}-{fingerprint(generator, seg)}"
     settings = "-".join(f"{k}{v}" for k, v in sorted(build.items()))
     if settings:
         key += "-" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+    return key
+
+
+def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None, trust_pickle: bool = False,
+                 **build: Any) -> Painter:
+    """Load ``model`` and ``segmenter`` by registry name and return a :class:`Painter` for
+    ``layer``; brushes are cached in ``folder`` (default
+    :func:`gandissect.paint.brushes.cache_dir`) under :func:`brush_key` ``.json``.
+    ``model`` and ``segmenter`` may be ``NAME:PATH`` (a local checkpoint, folder or hub id, as
+    on the command line); ``trust_pickle`` reaches the loaders that read checkpoint files. A
+    missing weights file raises FileNotFoundError that names the planted fallback. (The app
+    builds in the background instead: :mod:`gandissect.paint.job`.)"""
+    gen, seg = load_models(model, segmenter, layer, trust_pickle)
+    key = brush_key(model, segmenter, layer, gen, seg, **build)
     brushes = load_or_build_brushes(gen, seg, layer, key, folder, progress, **build)
-    return Painter(gen, brushes, name=model_name)
+    return Painter(gen, brushes, name=split_spec(model)[0], segmenter=seg)

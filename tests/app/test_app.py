@@ -14,6 +14,7 @@ from PIL import Image
 
 import app
 import segmenters
+from gandissect.paint.canvas import mask_data_url
 
 gradio_client = pytest.importorskip("gradio_client")
 BUILD = {"samples": 100, "candidates": 8, "ace_samples": 8}
@@ -45,14 +46,10 @@ def client(url: str) -> Any:
     return gradio_client.Client(url, verbose=False)
 
 
-def editor_value(tmp: Path, mask: np.ndarray, name: str) -> dict[str, Any]:
-    """An ImageEditor value whose only layer is ``mask`` (painted = alpha 255), 256 px."""
-    rgba = np.zeros((*mask.shape, 4), np.uint8)
-    rgba[mask] = (255, 0, 255, 255)
-    path = tmp / f"{name}.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    handle = gradio_client.handle_file(str(path))
-    return {"background": None, "layers": [handle], "composite": None, "id": None}
+def editor_value(tmp: Path, mask: np.ndarray, name: str) -> str:
+    """The paint canvas's mask as the app receives it: an RGBA PNG data URL (painted = alpha
+    255), 256 px."""
+    return mask_data_url(mask)
 
 
 def read(path: str) -> torch.Tensor:
@@ -115,6 +112,24 @@ def test_empty_stroke_and_bad_units(url: str, tmp_path: Path) -> None:
     ed = editor_value(tmp_path, np.ones((256, 256), bool), "all")
     out = c.predict(ed, 3, "layout", "3, oops", "remove", 1.0, api_name="/paint_units")
     assert "whole numbers" in out[3]
+
+
+def test_bad_masks_and_inputs_get_a_message(url: str, tmp_path: Path) -> None:
+    """Nothing crashes the session: each bad input is said in the status, image unchanged."""
+    c = client(url)
+    base = c.predict(5, api_name="/image")
+    for bad, says in (("data:image/png;base64,!!!", "could not read"),
+                      ("data:image/png;base64,aGVsbG8=", "could not read"),
+                      ("hello", "data URL")):
+        out = c.predict(bad, 5, "tree", "draw", 4, 1.0, api_name="/paint")
+        assert says in out[3], out[3]
+        assert np.array_equal(read(out[0]), read(base[0]))
+    full = np.ones((256, 256), bool)
+    out = c.predict(mask_data_url(full), 5, "no-such", "draw", 4, 1.0, api_name="/paint")
+    assert "no brush for concept" in out[3]
+    out = c.predict(mask_data_url(full), 5, "tree", "draw", 4, 1.0, api_name="/paint")
+    assert "stroke 1: draw tree" in out[3]
+    assert [r[6] for r in out[2]["data"]] == ["layout"]  # the layer column
 
 
 def test_two_clients_keep_separate_histories(url: str, tmp_path: Path) -> None:

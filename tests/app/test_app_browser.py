@@ -1,30 +1,25 @@
-"""GANPaint in a real browser: headless Chromium (Playwright) paints a stroke with the mouse."""
+"""GANPaint in a real browser on the planted model: headless Chromium (Playwright) paints a
+stroke with the mouse, picks an image from the grid, and the page fits a phone-wide window."""
 
 from __future__ import annotations
 
-import base64
-import io
-import shutil
-import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from chromium import (
+    ARTIFACTS,
+    browser_page,
+    canvas_box,
+    canvas_image,
+    click_and_wait,
+    paint_line,
+    result_image,
+    served,
+)
 
 import app
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,85 +28,50 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mp.setenv("GANDISSECT_CACHE", str(tmp_path_factory.mktemp("cache")))
     demo = app.build_app("planted", "planted", "layout", samples=100, candidates=8,
                          ace_samples=8)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                        quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with served(demo) as u:
+            yield u
     finally:
-        demo.close()
         mp.undo()
 
 
-@contextmanager
-def opened(url: str, height: int) -> Iterator[Any]:
-    """A headless Chromium page on ``url`` once the first result image is shown."""
-    exe = CHROMIUM if Path(CHROMIUM).is_file() else str(shutil.which("chromium"))
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=exe, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": height})
-            page.goto(url)
-            page.wait_for_function("document.querySelector('#paint-result img') !== null",
-                                   timeout=30_000)
-            yield page
-        finally:
-            browser.close()
-
-
-def result_image(page: Any) -> np.ndarray:
-    """The result image's pixels, fetched the way the browser shows them."""
-    src = page.locator("#paint-result img").first.get_attribute("src")
-    if src.startswith("data:"):
-        data = base64.b64decode(src.split(",", 1)[1])
-    else:
-        data = page.request.get(src).body()
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+def choose(page: Any, concept: str, mode: str) -> None:
+    page.locator("#concept input").click()
+    page.locator("ul[role='listbox'] li", has_text=concept).first.click()
+    page.get_by_label(mode, exact=True).check()
 
 
 def test_paint_a_stroke_in_chromium(url: str) -> None:
-    with opened(url, 1000) as page:
-        page.wait_for_selector("#paint-editor canvas", timeout=30_000)
+    with browser_page(url) as page:
         before = result_image(page)
-        # choose the "grass" brush, mode remove (default), then the Brush tool
-        page.locator("input[aria-label='concept brush']").click()
-        page.locator("ul[role='listbox'] li", has_text="grass").first.click()
-        page.locator("#paint-editor button[aria-label='Brush']").click()
-        box = page.locator("#paint-editor canvas").first.bounding_box()
-        assert box is not None
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        side = 0.8 * min(box["width"], box["height"])
-        y = cy + 0.3 * side  # low in the image: grass, far from the sky at the top
-        page.mouse.move(cx - 0.3 * side, y)
-        page.mouse.down()
-        for i in range(1, 21):
-            page.mouse.move(cx - 0.3 * side + i * 0.03 * side, y, steps=2)
-        page.mouse.up()
-        page.locator("#apply-stroke").click()
-        page.wait_for_function(
-            "document.querySelector('#paint-status textarea').value.includes('grass')",
-            timeout=30_000)
-        page.wait_for_timeout(500)
+        choose(page, "grass", "remove")
+        paint_line(page, (0.2, 0.8), (0.8, 0.8))  # low in the image: grass, far from the sky
+        new = click_and_wait(page, "#apply-stroke")
         after = result_image(page)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app_browser.png"), full_page=True)
-        status = page.locator("#paint-status textarea").input_value()
-    assert "remove grass" in status
+        assert not page.evaluate("window.__ganpaint.painted()"), "the applied paint stays"
+    assert "remove grass" in new
     assert before.shape == after.shape
     changed = (before != after).any(axis=2)
     h = changed.shape[0]
     assert changed.any(), "the stroke changed nothing"
     rows = np.flatnonzero(changed.any(axis=1))
     assert rows.min() > 0.5 * h, f"changes reach row {rows.min()} of {h}, far above the stroke"
-    assert not changed[: h // 2].any()
+
+
+def test_empty_stroke_says_so(url: str) -> None:
+    with browser_page(url) as page:
+        before = canvas_image(page)
+        new = click_and_wait(page, "#apply-stroke")
+        assert "empty stroke" in new
+        assert np.array_equal(canvas_image(page), before)
 
 
 def test_pick_an_image_from_the_grid(url: str) -> None:
     """Open the grid, turn a page, click the third thumbnail: the seed becomes 12 + 2 and the
-    result shows that image."""
-    with opened(url, 1400) as page:
+    canvas and the result show that image."""
+    with browser_page(url, height=1400) as page:
         before = result_image(page)
         page.get_by_text("Pick an image from a grid").click()
         page.get_by_role("button", name="Other images").click()
@@ -125,8 +85,34 @@ def test_pick_an_image_from_the_grid(url: str) -> None:
         page.wait_for_function(
             "document.querySelector('input[aria-label=\"image (seed)\"]').value === '14'",
             timeout=30_000)
+        page.wait_for_function("document.querySelector('#paint-status textarea')"
+                               ".value.includes('image 14')", timeout=30_000)
         page.wait_for_timeout(500)
         after = result_image(page)
-        status = page.locator("#paint-status textarea").input_value()
-    assert "image 14" in status
+        shown = canvas_image(page)
     assert (before != after).any(), "the picked image is shown"
+    assert np.array_equal(after[::app.SCALE, ::app.SCALE], shown)
+
+
+def test_a_400_px_window(url: str) -> None:
+    """At 400 px the canvas takes the window's width, nothing spills out sideways, and a
+    stroke still lands where it was painted."""
+    with browser_page(url, width=400, height=900) as page:
+        box = canvas_box(page)
+        assert box["width"] >= 300 and abs(box["width"] - box["height"]) < 2, box
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 400
+        assert page.evaluate("document.documentElement.scrollWidth") <= 401
+        bar = page.locator("#paint-canvas .gp-bar").bounding_box()
+        assert bar is not None and bar["x"] + bar["width"] <= 400
+        for sel in ("#apply-stroke", "#undo-edit", "#redo-edit", "#reset-edits"):
+            b = page.locator(sel).bounding_box()
+            assert b is not None and b["x"] >= 0 and b["x"] + b["width"] <= 400, sel
+        before = canvas_image(page)
+        choose(page, "grass", "remove")
+        paint_line(page, (0.2, 0.8), (0.8, 0.8))
+        assert "remove grass" in click_and_wait(page, "#apply-stroke")
+        after = canvas_image(page)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app_browser_400px.png"), full_page=True)
+    changed = (before != after).any(axis=2)
+    assert changed.any() and np.flatnonzero(changed.any(axis=1)).min() > 32
