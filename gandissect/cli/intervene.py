@@ -9,11 +9,16 @@ writes ``result.json``, ``effect_vs_k.png`` (top-k vs random units), ``before_af
 rankings use ``--rank-samples`` latents of ``--rank-seed`` (default ``--seed + 1``), an iou
 ranking the dissection's own seed (refused when it is ``--seed``); ``result.json`` records both
 (``ranked_on``, ``measured_on``).
+
+``--cluster local:N`` or ``--scheduler tcp://HOST:PORT`` (needs ``pip install
+'gandissect[dask]'``) run the ace ranking's single-unit ablations as tasks on a Dask cluster
+(models sent once per worker); the ranking is the same as without.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -171,8 +176,12 @@ def _ranking(args: argparse.Namespace, gen: Any, seg: Any, rank_samples: int
     seed = rank_seed(args)
     ranked_on = {"method": method, "dissection": None, "seed": seed, "samples": rank_samples}
     if method == "ace":
-        return single_unit_ace(gen, seg, args.concept, args.layer, rank_samples, seed,
-                               batch_size=args.batch_size), ranked_on
+        try:
+            with _cluster(args) as client:
+                return single_unit_ace(gen, seg, args.concept, args.layer, rank_samples, seed,
+                                       batch_size=args.batch_size, client=client), ranked_on
+        except ConnectionError as e:             # --scheduler unreachable or without workers
+            raise ValueError(str(e)) from e
     return optimize_alpha(gen, seg, args.concept, args.layer, mode="ablate",
                           samples=rank_samples, seed=seed, batch_size=args.batch_size
                           ), ranked_on
@@ -210,12 +219,37 @@ def run(args: argparse.Namespace, mode: str) -> int:
         torch.set_num_threads(old)
 
 
+def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """A context giving the Dask client ``--cluster`` / ``--scheduler`` ask for, or None."""
+    if args.cluster is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    from gandissect.dissection.cluster import dask_client
+
+    return dask_client(args.cluster, args.scheduler, timeout=args.scheduler_timeout)
+
+
+def _check_cluster(args: argparse.Namespace) -> None:
+    """Refuse ``--cluster`` / ``--scheduler`` where nothing would run on the cluster, or
+    with a bad spec or without distributed, before any model is loaded."""
+    if args.cluster is None and args.scheduler is None:
+        return
+    from gandissect.dissection.cluster import parse_cluster, require_distributed
+
+    if args.units or (args.rank_by or ("iou" if args.dissection else "ace")) != "ace":
+        raise ValueError("--cluster and --scheduler run the single-unit ACE ranking on a Dask "
+                         "cluster: use them with --top-k and --rank-by ace")
+    if args.cluster is not None:
+        parse_cluster(args.cluster)
+    require_distributed()
+
+
 def _run(args: argparse.Namespace, mode: str) -> int:
     """Rank or take units, measure the effect, sweep k, write JSON, plot and grids."""
     from gandissect.cli import load_model_and_segmenter
 
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    _check_cluster(args)
     t0 = time.time()
     gen, seg = load_model_and_segmenter(args)
     seg.label_index(args.concept)
@@ -346,6 +380,16 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--no-random", action="store_true", help="skip the random-unit baseline")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N", default=None,
+                       help="rank (--rank-by ace) on a Dask cluster of N worker processes (one "
+                            "thread each) started for the ranking; same ranking (needs "
+                            "gandissect[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="rank (--rank-by ace) on the running Dask cluster whose scheduler "
+                            "is at ADDRESS, e.g. tcp://HOST:8786")
+    p.add_argument("--scheduler-timeout", type=float, default=10.0,
+                   help="seconds to wait for --scheduler and its first worker (default 10)")
     p.add_argument("--out", default=f"results/{mode}")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     if mode == "insert":

@@ -2,7 +2,8 @@
 
 * :func:`rank_by_iou` - from a dissection result
   (:class:`gandissect.dissection.results.LayerResult`);
-* :func:`single_unit_ace` - each unit ablated alone, ranked by the drop of the concept;
+* :func:`single_unit_ace` - each unit ablated alone, ranked by the drop of the concept (with
+  ``client=``, groups of units are tasks on a Dask cluster: the same numbers);
 * :func:`optimize_alpha` - per-unit ablation (or insertion) strengths ``alpha`` learned by
   gradient descent through the segmenter's soft scores with an L1 sparsity penalty (ICLR 2019);
 * :func:`effect_sweep` / :func:`plot_sweep` - effect of the top-k units vs k, beside k random units.
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from models.base import Generator
 from segmenters.base import Segmenter
 
+from ..dissection.cluster import check_client, client_threads, map_on_cluster
 from .causal import (
     EffectStats,
     Mode,
@@ -81,29 +83,42 @@ def rank_by_iou(result: Any, concept: str) -> UnitRanking:
 
 def single_unit_ace(generator: Generator, segmenter: Segmenter, concept: str, layer: str,
                     samples: int = 100, seed: int = 0, units: Sequence[int] | None = None,
-                    batch_size: int = 32) -> UnitRanking:
+                    batch_size: int = 32, client: Any = None) -> UnitRanking:
     """Ablate each unit alone and rank by the mean drop of the concept pixel fraction
-    (``before - after``, same samples for every unit). Units not in ``units`` score -inf."""
+    (``before - after``, same samples for every unit). Units not in ``units`` score -inf.
+    ``client`` (a ``distributed.Client``) runs the ablations on its Dask cluster
+    (:func:`single_unit_ace_concepts`), with the same result."""
     return single_unit_ace_concepts(generator, segmenter, [concept], layer, samples, seed,
-                                    units, batch_size)[concept]
+                                    units, batch_size, client=client)[concept]
 
 
 def single_unit_ace_concepts(generator: Generator, segmenter: Segmenter,
                              concepts: Sequence[str], layer: str, samples: int = 100,
                              seed: int = 0, units: Sequence[int] | None = None,
                              batch_size: int = 32,
-                             progress: Callable[[int], None] | None = None
-                             ) -> dict[str, UnitRanking]:
+                             progress: Callable[[int], None] | None = None,
+                             client: Any = None) -> dict[str, UnitRanking]:
     """:func:`single_unit_ace` for several concepts from the same ablations (one forward pass
     and segmentation per unit and batch serves every concept); ``progress`` as in
-    :func:`gandissect.intervention.causal.measure_concepts`."""
+    :func:`gandissect.intervention.causal.measure_concepts`.
+
+    ``client`` (a ``distributed.Client``): the units are split into groups, each group's
+    ablations over all samples are one task (:func:`ablations_on_cluster`: the models go to
+    each worker once), and the per-sample fractions are put together in unit order, so the
+    rankings are bit-identical to one process; ``progress`` then gets, after each finished
+    group, the samples' share of the work done (``samples`` at the end)."""
     if not concepts:
         raise ValueError("give at least one concept")
+    check_client(client, "single_unit_ace")
     n_units, _, _ = layer_shape(generator, layer)
     chosen = list(range(n_units)) if units is None else [int(u) for u in units]
-    sets = [[Edit(layer, [u])] for u in chosen]
-    before, after = measure_concepts(generator, segmenter, sets, samples, seed, concepts,
-                                     batch_size=batch_size, progress=progress)
+    if client is None:
+        sets = [[Edit(layer, [u])] for u in chosen]
+        before, after = measure_concepts(generator, segmenter, sets, samples, seed, concepts,
+                                         batch_size=batch_size, progress=progress)
+    else:
+        before, after = ablations_on_cluster(client, generator, segmenter, layer, chosen,
+                                             samples, seed, concepts, batch_size, progress)
     drop = (before[None] - after).mean(axis=1)  # [units, concepts]
     out = {}
     for j, concept in enumerate(concepts):
@@ -111,6 +126,51 @@ def single_unit_ace_concepts(generator: Generator, segmenter: Segmenter,
         scores[chosen] = drop[:, j]
         out[concept] = UnitRanking.from_scores(layer, concept, "ace", scores)
     return out
+
+
+def ablate_each(models: tuple[Generator, Segmenter], units: Sequence[int], layer: str,
+                  samples: int, seed: int, concepts: Sequence[str] | None, batch_size: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``measure_concepts`` of ``units``, each ablated alone, with ``models = (generator,
+    segmenter)``: the task of :func:`ablations_on_cluster` (and of the brush build's)."""
+    generator, segmenter = models
+    return measure_concepts(generator, segmenter, [[Edit(layer, [u])] for u in units],
+                            samples, seed, concepts, batch_size=batch_size)
+
+
+def ablations_on_cluster(client: Any, generator: Generator, segmenter: Segmenter, layer: str,
+                         units: Sequence[int], samples: int, seed: int,
+                         concepts: Sequence[str] | None, batch_size: int = 32,
+                         progress: Callable[[int], None] | None = None,
+                         tasks_per_thread: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``measure_concepts`` of each of ``units`` ablated alone (``before [N, C]``,
+    ``after [len(units), N, C]``), computed on ``client``'s Dask cluster: contiguous groups of
+    units (``tasks_per_thread`` per worker thread) are tasks, each over all samples with the
+    same batches as one process, so every number is the one process's. Generator and
+    segmenter go to each worker once; a group lost with its worker runs again (each result
+    is used once). ``progress(samples * units_done // len(units))`` after each group."""
+    n = len(units)
+    if n == 0:
+        raise ValueError("give at least one unit")
+    count = min(n, tasks_per_thread * client_threads(client))
+    bounds = [n * i // count for i in range(count + 1)]
+    groups = [list(units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    before: np.ndarray | None = None
+    after: np.ndarray | None = None
+    done = 0
+    results = map_on_cluster(client, (generator, segmenter), ablate_each, groups, layer,
+                             samples, seed, concepts, batch_size,
+                             label=lambda g: f"ablate-{layer}-units{g[0]}-{g[-1]}")
+    with closing(results):
+        for i, (b, a) in results:
+            if after is None:
+                before, after = b, np.zeros((n, *a.shape[1:]))
+            after[bounds[i]:bounds[i + 1]] = a
+            done += len(groups[i])
+            if progress is not None:
+                progress(samples * done // n)
+    assert before is not None and after is not None
+    return before, after
 
 
 @contextmanager

@@ -10,6 +10,9 @@ The cache (:func:`load_or_build_brushes`) is checked before it is used
 (:meth:`BrushSet.check`: format, finite numbers, unit indices, the layer's shape and the
 weights' fingerprint); a cache that fails is rebuilt with a warning saying why. A cache folder
 that cannot be written is a :class:`BrushCacheError` before anything is built.
+
+``build_brushes(..., client=distributed.Client)`` runs the dissection and the single-unit
+ablations on a Dask cluster (the models sent once per worker); the brushes are bit-identical.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,12 @@ from typing import Any
 import numpy as np
 
 from ..common.fingerprint import fingerprint
+from ..dissection.cluster import check_client, map_on_cluster
 from ..dissection.engine import dissect
 from ..dissection.folder import atomic_write_bytes
 from ..intervention.causal import measure_concepts, unit_statistics
 from ..intervention.edit import Edit, layer_shape
-from ..intervention.ranking import UnitRanking, rank_by_iou
+from ..intervention.ranking import UnitRanking, ablate_each, rank_by_iou
 
 #: 2: ``meta`` records the layer's shape (``layer_shape``) and the weights (``weights``)
 BRUSH_FORMAT = 2
@@ -150,7 +155,8 @@ class BrushSet:
 
 def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200,
                   seed: int = 0, candidates: int = 40, ace_samples: int = 32, q: float = 0.99,
-                  progress: Callable[[str], None] | None = None) -> BrushSet:
+                  progress: Callable[[str], None] | None = None, client: Any = None
+                  ) -> BrushSet:
     """Dissect ``layer``; for every concept, rank its ``candidates`` best-IoU units by
     single-unit ACE over ``ace_samples`` latents and keep those with a positive effect
     (concepts left with none get no brush). Insertion values: each unit's ``q`` quantile, or
@@ -158,10 +164,17 @@ def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200
 
     Each unit in the union of the concepts' candidates is ablated once (``ABLATION_CHUNK``
     units per progress message), and that ablation serves every concept (the same numbers as
-    :func:`single_unit_ace` per concept, which would ablate shared candidates repeatedly)."""
+    :func:`single_unit_ace` per concept, which would ablate shared candidates repeatedly).
+
+    ``client`` (a ``distributed.Client``): the dissection and each chunk of ablations run as
+    tasks on its Dask cluster (generator and segmenter sent once per worker), with
+    bit-identical brushes; the unit statistics (one pass over at most 100 samples) stay
+    here."""
+    check_client(client, "build_brushes")
     say = progress or (lambda _msg: None)
-    say(f"dissecting {layer} over {samples} samples")
-    result = dissect(generator, segmenter, layer, samples=samples, seed=seed)[layer]
+    say(f"dissecting {layer} over {samples} samples" + (" on the Dask cluster" if client else ""))
+    result = dissect(generator, segmenter, layer, samples=samples, seed=seed,
+                     client=client)[layer]
     say("unit statistics (insertion values)")
     stats = unit_statistics(generator, layer, samples=min(samples, 100), seed=seed, q=q)
     quant = stats.quantile.tolist()
@@ -169,15 +182,16 @@ def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200
     cands = {c: rank_by_iou(result, c).top(min(candidates, result.units)) for c in concepts}
     pool = sorted({u for units in cands.values() for u in units})
     drops = np.full((result.units, len(concepts)), -np.inf)
-    for start in range(0, len(pool), ABLATION_CHUNK):
-        part = pool[start:start + ABLATION_CHUNK]
-        say(f"single-unit ablations over {ace_samples} samples: units {start + 1}-"
-            f"{start + len(part)} of {len(pool)} (candidates of {len(concepts)} concepts)")
-        before, after = measure_concepts(generator, segmenter, [[Edit(layer, [u])] for u in part],
-                                         ace_samples, seed + 1, concepts)
-        for j in range(len(concepts)):
-            # per concept as single_unit_ace computes it (same array layout, same float sums)
-            drops[part, j] = (before[None, :, j:j + 1] - after[:, :, j:j + 1]).mean(axis=1)[:, 0]
+    parts = [pool[start:start + ABLATION_CHUNK] for start in range(0, len(pool), ABLATION_CHUNK)]
+    measured = _ablations(generator, segmenter, layer, parts, ace_samples, seed + 1, concepts,
+                          say, client)
+    with closing(measured):
+        for i, (before, after) in measured:
+            part = parts[i]
+            for j in range(len(concepts)):
+                # per concept as single_unit_ace computes it (same array layout, same float sums)
+                drops[part, j] = (before[None, :, j:j + 1] - after[:, :, j:j + 1]
+                                  ).mean(axis=1)[:, 0]
     brushes: dict[str, Brush] = {}
     for j, concept in enumerate(concepts):
         scores = np.full(result.units, -np.inf)
@@ -202,6 +216,34 @@ def build_brushes(generator: Any, segmenter: Any, layer: str, samples: int = 200
             "ace_samples": ace_samples, "q": q, "layer_shape": list(result.meta["layer_shape"]),
             "weights": result.meta["weights"]}
     return BrushSet(layer, brushes, tuple(float(v) for v in quant), meta)
+
+
+def _ablations(generator: Any, segmenter: Any, layer: str, parts: list[list[int]], samples: int,
+               seed: int, concepts: list[str], say: Callable[[str], None], client: Any
+               ) -> Generator[tuple[int, tuple[np.ndarray, np.ndarray]], None, None]:
+    """``(i, measure_concepts of parts[i]'s units each ablated alone)`` for every part: here,
+    in order, or (``client``) as tasks on a Dask cluster, as they finish."""
+    total = sum(len(p) for p in parts)
+    what = f"single-unit ablations over {samples} samples"
+    if client is None:
+        start = 0
+        for i, part in enumerate(parts):
+            say(f"{what}: units {start + 1}-{start + len(part)} of {total} (candidates of "
+                f"{len(concepts)} concepts)")
+            yield i, measure_concepts(generator, segmenter, [[Edit(layer, [u])] for u in part],
+                                      samples, seed, concepts)
+            start += len(part)
+        return
+    say(f"{what} on the Dask cluster: {total} units (candidates of {len(concepts)} concepts) "
+        f"in {len(parts)} tasks")
+    done = 0
+    results = map_on_cluster(client, (generator, segmenter), ablate_each, parts, layer, samples,
+                             seed, concepts, 32, label=lambda p: f"brush-ablate-{p[0]}-{p[-1]}")
+    with closing(results):
+        for i, measured in results:
+            done += len(parts[i])
+            say(f"{what}: {done} of {total} units done")
+            yield i, measured
 
 
 def cache_dir() -> Path:
