@@ -103,10 +103,12 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     this needs an ``if __name__ == "__main__":`` guard); they exit when this process dies, even
     by SIGKILL. ``client`` (a ``distributed.Client``; ``pip install 'gandissect[dask]'``) runs
     the chunks as tasks on its Dask cluster: generator and segmenter are pickled once and
-    scattered to every worker (not sent with each task), each task sets ``threads_per_worker``
-    torch threads in its worker process, a round has two chunks per worker thread of the
-    cluster (``workers > 1``: two per worker), and a task lost with its worker is re-run by
-    the scheduler. The workers need gandissect, the code of the generator's and segmenter's
+    installed on every worker by a worker plugin (also on a worker that replaces a lost one;
+    never sent with a task), each task sets ``threads_per_worker`` torch threads in its worker
+    process, a round has two chunks per worker thread of the cluster when the run starts
+    (``workers > 1``: two per worker), and a task lost with its worker is run again by the
+    scheduler or resubmitted (at most three times, then a ``TaskLostError`` naming it); each
+    chunk is merged once. The workers need gandissect, the code of the generator's and segmenter's
     classes, and the same torch installed. ``executor`` (any
     :class:`concurrent.futures.Executor`) runs the chunks instead, with the pickled models in
     every chunk; ``workers`` then only sets the number of chunks (two per worker) and the
