@@ -11,6 +11,12 @@ Units are ranked per class by single-unit ablation on ``--rank-samples`` images 
 ``--seed`` (Toyworld typed scenes, balanced over the scene types). With ``--dissection`` (a
 ``dissect --probe`` folder of the same model) each important unit is shown with its concept.
 Writes ``ablation.json`` and ``ablation.png`` to ``--out``.
+
+``gandissect explain`` explains one prediction: the units of a layer that contributed most to
+the predicted class (gradient x activation), with their dissected concepts and regions::
+
+    gandissect explain --model toyworld-classifier --layer conv5 \
+        --dissection results/classifier --seed 11 --index 3 --out results/explain
 """
 
 from __future__ import annotations
@@ -51,6 +57,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
+    e = subparsers.add_parser(
+        "explain", help="the units (and their concepts) behind one classifier prediction",
+        description="For one typed Toyworld scene, the units of a classifier layer that "
+                    "contributed most to the predicted class (gradient x activation), with "
+                    "their dissected labels and regions. Writes explain.png and explain.json.")
+    e.add_argument("--model", default="toyworld-classifier",
+                   help="classifier (toyworld-classifier, or toyworld-classifier:PATH)")
+    e.add_argument("--layer", required=True)
+    e.add_argument("--dissection", required=True,
+                   help="dissect --probe output folder of this model (labels and thresholds)")
+    e.add_argument("--seed", type=int, default=11, help="scene seed")
+    e.add_argument("--index", type=int, default=0, help="scene index (type: index mod 6)")
+    e.add_argument("--top", type=int, default=5, help="units to show (default 5)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=run_explain)
+
+
+def _toyworld_classifier(spec: str, device: str) -> Any:
+    """The Toyworld classifier named by ``spec`` (the only one these commands can feed)."""
+    from gandissect.common.specs import split_spec
+    from models.classifiers import load_classifier
+
+    name, kw = split_spec(spec)
+    if name != "toyworld-classifier":
+        raise ValueError(f"this command renders labelled Toyworld scenes, so it takes "
+                         f"toyworld-classifier[:PATH], not {name!r} (for other classifiers use "
+                         f"gandissect.intervention.accuracy from Python with your own images)")
+    return load_classifier(name, path=kw.get("path"), device=device)
+
+
+def _layer_result(folder: str, layer: str) -> Any:
+    from gandissect.dissection.results import load_results
+
+    results = load_results(folder)
+    if layer not in results:
+        raise ValueError(f"--dissection {folder} has no layer {layer!r} (it has "
+                         f"{', '.join(results)})")
+    return results[layer]
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Execute ``gandissect explain``; returns the process exit code."""
+    from gandissect.intervention.accuracy import explain_prediction, plot_explanation
+
+    if args.index < 0 or args.top < 1:
+        raise ValueError(f"need --index >= 0 and --top >= 1, got {args.index} and {args.top}")
+    model = _toyworld_classifier(args.model, args.device)
+    result = _layer_result(args.dissection, args.layer)
+    from models.toyworld.render import SCENE_TYPES, render_scene
+
+    kind = SCENE_TYPES[args.index % len(SCENE_TYPES)]
+    scene = render_scene(args.seed, args.index, int(getattr(model, "input_size", 64)), kind)
+    image = (torch.from_numpy(scene.image).float() + 1) / 2
+    exp = explain_prediction(model, args.layer, image, result, top=args.top)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"scene {args.index} of seed {args.seed} (type {kind}): predicted {exp.cls} "
+          f"({exp.probability:.1%})")
+    for u, c, lab, iou, ok in zip(exp.units, exp.contributions, exp.labels, exp.ious,
+                                  exp.interpretable, strict=True):
+        print(f"  unit {u:4d}  contribution {c:8.3f}  {lab:12s} IoU {iou:.3f}"
+              + ("" if ok else "  (not interpretable)"))
+    (out / "explain.json").write_text(json.dumps({
+        "seed": args.seed, "index": args.index, "scene_type": kind, "predicted": exp.cls,
+        "probability": exp.probability, "layer": args.layer, "units": [
+            {"unit": u, "contribution": c, "label": lab, "iou": iou, "interpretable": ok}
+            for u, c, lab, iou, ok in zip(exp.units, exp.contributions, exp.labels, exp.ious,
+                                          exp.interpretable, strict=True)]}, indent=1))
+    print(f"wrote {plot_explanation(image, exp, out / 'explain.png')}")
+    return 0
+
 
 def toyworld_scenes(seed: int, n: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Typed Toyworld scenes ``0..n-1`` of ``seed`` as classifier input (float RGB in
@@ -74,33 +152,21 @@ def _ks(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
-    from gandissect.common.specs import split_spec
-    from gandissect.dissection.results import load_results
     from gandissect.intervention.accuracy import (
         ablation_curves,
         plot_ablation_curves,
         unit_concepts,
         unit_importance,
     )
-    from models.classifiers import load_classifier
 
     if args.seed == args.rank_seed:
         raise ValueError("--seed and --rank-seed must differ: units ranked and measured on the "
                          "same images would fit the curve to noise")
     ks = _ks(args.ks)
-    name, kw = split_spec(args.model)
-    if name != "toyworld-classifier":
-        raise ValueError(f"class-ablation renders labelled Toyworld scenes, so it takes "
-                         f"toyworld-classifier[:PATH], not {name!r} (for other classifiers use "
-                         f"gandissect.intervention.accuracy from Python with your own images)")
-    model = load_classifier(name, path=kw.get("path"), device=args.device)
+    model = _toyworld_classifier(args.model, args.device)
     result = None
     if args.dissection is not None:
-        results = load_results(args.dissection)
-        if args.layer not in results:
-            raise ValueError(f"--dissection {args.dissection} has no layer {args.layer!r} "
-                             f"(it has {', '.join(results)})")
-        result = results[args.layer]
+        result = _layer_result(args.dissection, args.layer)
     size = int(getattr(model, "input_size", 64))
     rank_x, rank_y = toyworld_scenes(args.rank_seed, args.rank_samples, size)
     imp = unit_importance(model, args.layer, rank_x, rank_y, batch_size=args.batch_size,

@@ -273,3 +273,105 @@ def plot_ablation_curves(curves: dict[str, AblationCurve], path: str | Path,
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+@dataclass
+class Explanation:
+    """Why ``model`` predicted ``cls`` for one image: the units of ``layer`` with the largest
+    gradient × activation for that class's logit (for a global-average-pooled linear head this
+    is exactly the unit's weight times its mean activation), with their dissected labels and
+    the region where each exceeds its dissection threshold (upsampled to the image)."""
+
+    layer: str
+    cls: str
+    probability: float
+    units: list[int]
+    contributions: list[float]
+    labels: list[str]
+    ious: list[float]
+    interpretable: list[bool]
+    masks: np.ndarray                  #: [top, H, W] bool (empty without a dissection)
+
+
+def explain_prediction(model: nn.Module, layer: str, image: torch.Tensor,
+                       result: LayerResult | None = None, top: int = 5,
+                       cls: int | None = None, classes: Sequence[str] | None = None
+                       ) -> Explanation:
+    """Explain ``model``'s prediction (or class ``cls``) on ``image`` ``[3, H, W]`` by the
+    ``top`` units of ``layer`` contributing most to that class's logit (gradient × activation,
+    summed over the map). With ``result`` (a dissection of ``layer``) each unit gets its label
+    and its region (activation upsampled bilinearly to the image, above the unit's threshold).
+    The model's weights and their gradients are left untouched."""
+    import torch.nn.functional as F
+
+    from ..common.hooks import resolve_layer
+
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        raise ValueError(f"image must be a tensor [3, H, W], got "
+                         f"{list(getattr(image, 'shape', []))}")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        a = check_feature_map(layer, output).detach().requires_grad_(True)
+        captured["a"] = a
+        return a
+    model.eval()
+    handle = resolve_layer(model, layer).register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(image[None].to(_device(model)))
+            k = int(logits.argmax(1)) if cls is None else int(cls)
+            if not 0 <= k < logits.shape[1]:
+                raise ValueError(f"class {cls} out of range 0..{logits.shape[1] - 1}")
+            (grad,) = torch.autograd.grad(logits[0, k], captured["a"])
+    finally:
+        handle.remove()
+    a = captured["a"].detach()
+    contrib = (grad * a).sum((2, 3))[0].cpu()
+    order = torch.argsort(contrib, descending=True, stable=True)[:top].tolist()
+    names = list(classes) if classes is not None else list(getattr(model, "classes", [])) or \
+        [f"class_{i}" for i in range(logits.shape[1])]
+    prob = float(torch.softmax(logits.detach().float(), 1)[0, k])
+    labels, ious, inter, masks = [], [], [], []
+    if result is not None:
+        if result.units != a.shape[1]:
+            raise ValueError(f"the dissection has {result.units} units, layer {layer!r} "
+                             f"{a.shape[1]}: is it a dissection of this model and layer?")
+        up = F.interpolate(a[:, order].float(), size=tuple(image.shape[1:]), mode="bilinear",
+                           align_corners=False)[0]
+        for j, u in enumerate(order):
+            labels.append(result.unit_labels[u])
+            ious.append(float(result.best_iou[u]))
+            inter.append(bool(result.interpretable[u]))
+            masks.append((up[j].double() > result.unit_threshold(u)).cpu().numpy())
+    return Explanation(layer, names[k], prob, order, [float(contrib[u]) for u in order], labels,
+                       ious, inter, np.array(masks, dtype=bool).reshape(len(masks),
+                                                                        *image.shape[1:]))
+
+
+def plot_explanation(image: torch.Tensor, exp: Explanation, path: str | Path) -> Path:
+    """The image, then one panel per unit with its region outlined over the image, its label,
+    IoU and contribution. ``image`` is float RGB in [0, 1], ``[3, H, W]``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rgb = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    n = 1 + len(exp.units)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+    axes[0, 0].imshow(rgb, interpolation="nearest")
+    axes[0, 0].set_title(f"{exp.cls} ({exp.probability:.0%})", fontsize=8)
+    for j, u in enumerate(exp.units):
+        ax = axes[0, j + 1]
+        ax.imshow(rgb * (0.35 + 0.65 * exp.masks[j][..., None]) if len(exp.masks) else rgb,
+                  interpolation="nearest")
+        label = (f"{exp.labels[j]} ({exp.ious[j]:.2f})" if exp.labels else "")
+        ax.set_title(f"unit {u} {label}\ncontrib {exp.contributions[j]:.2f}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p

@@ -81,3 +81,26 @@ def test_cli_class_ablation_errors(argv: list[str], message: str, weights: Path,
         raise SystemExit(main(args))
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_explain(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    diss = tmp_path / "diss"
+    assert main(["dissect", "--model", f"toyworld-classifier:{weights}", "--probe", "toyworld",
+                 "--layer", "conv4", "--samples", "12", "--no-progress", "--no-report",
+                 "--out", str(diss)]) == 0
+    out = tmp_path / "exp"
+    assert main(["explain", "--model", f"toyworld-classifier:{weights}", "--layer", "conv4",
+                 "--dissection", str(diss), "--seed", "11", "--index", "2", "--top", "3",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads((out / "explain.json").read_text())
+    assert data["scene_type"] == "lake" and len(data["units"]) == 3
+    assert f"predicted {data['predicted']}" in text
+    contrib = [u["contribution"] for u in data["units"]]
+    assert contrib == sorted(contrib, reverse=True)
+    assert (out / "explain.png").stat().st_size > 3000
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["explain", "--model", f"toyworld-classifier:{weights}",
+                               "--layer", "conv5", "--dissection", str(diss), "--out",
+                               str(out)]))
+    assert e.value.code == 2 and "has no layer 'conv5'" in capsys.readouterr().err

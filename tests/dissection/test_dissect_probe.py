@@ -257,3 +257,42 @@ def test_generator_dissection_is_unchanged_by_the_probe_path() -> None:
     gen, seg = TinyGenerator(), TinySegmenter()
     res = dissect(gen, seg, "a", samples=30, seed=2, batch_size=10)
     check_against_brute_force(gen, seg, "a", res["a"], 30, 2)
+
+
+class PlantedProbe:
+    """Images whose channel c *is* concept c's mask (each covering exactly 5% of all pixels:
+    a 1x5 strip in a 10x10 image), at a random place per image."""
+
+    labels, categories = ["a", "b", "c"], ["object", "object", "object"]
+    image_size = mask_size = (10, 10)
+
+    def __len__(self) -> int:
+        return 40
+
+    def masks(self, start: int, n: int) -> torch.Tensor:
+        out = torch.zeros(n, 3, 10, 10, dtype=torch.bool)
+        for k, i in enumerate(range(start, start + n)):
+            g = torch.Generator().manual_seed(i)
+            for c in range(3):
+                r, col = torch.randint(0, 10, (1,), generator=g), torch.randint(0, 6, (1,),
+                                                                                generator=g)
+                out[k, c, int(r), int(col):int(col) + 5] = True
+        return out
+
+    def images(self, start: int, n: int) -> torch.Tensor:
+        return self.masks(start, n).float()
+
+
+@pytest.mark.parametrize("threshold", ["quantile", "iqr"])
+def test_planted_units_are_recovered_on_a_probe_set(threshold: str) -> None:
+    """A model whose unit c is concept c's mask of its input: each unit gets its own concept
+    with IoU 1 under both thresholding rules."""
+    model = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3)[:, :, None, None])
+    holder = nn.Sequential()
+    holder.add_module("units", model)
+    res = dissect_probe(holder, PlantedProbe(), "units", quantile=0.05, threshold=threshold,
+                        category_conditioned=False)["units"]
+    assert res.unit_labels == ["a", "b", "c"]
+    assert np.allclose(res.best_iou, 1.0)

@@ -136,3 +136,57 @@ def test_bad_inputs_are_clear() -> None:
         imp.ranking("purple")
     with pytest.raises(ValueError, match="ks must hold"):
         ablation_curves(model, imp, images, labels, ks=(0, 50))
+
+
+class ColourProbe:
+    """The colour images above with a mask per colour: where that channel is the pixel's
+    largest."""
+
+    labels, categories = ["red-c", "green-c", "blue-c"], ["color"] * 3
+    image_size = mask_size = (6, 6)
+
+    def __init__(self) -> None:
+        self.x, _ = colour_data(30, 4)
+
+    def __len__(self) -> int:
+        return 30
+
+    def images(self, start: int, n: int) -> torch.Tensor:
+        return self.x[start:start + n]
+
+    def masks(self, start: int, n: int) -> torch.Tensor:
+        top = self.x[start:start + n].argmax(1)
+        return torch.stack([top == c for c in range(3)], 1)
+
+
+def test_explanation_is_weight_times_mean_activation() -> None:
+    """For a pooled linear head, gradient x activation of a unit is its head weight times its
+    mean (post-ReLU) activation; the best units of a red image are the red evidence units,
+    labelled red by a probe dissection, and the model keeps no gradients."""
+    from gandissect.dissection.engine import dissect_probe
+    from gandissect.intervention.accuracy import explain_prediction, plot_explanation
+
+    model = ColourNet()
+    images, labels = colour_data(6, 9)
+    res = dissect_probe(model, ColourProbe(), "feat", quantile=0.1)["feat"]
+    exp = explain_prediction(model, "feat", images[0], res, top=3)
+    assert exp.cls == "red" and labels[0] == 0 and 0 < exp.probability <= 1
+    with torch.no_grad():
+        feat = torch.relu(model.feat(images[:1]))[0].mean((1, 2))
+        ref = model.head.weight[0] * feat
+    assert np.allclose(exp.contributions, ref[exp.units].numpy(), atol=1e-6)
+    assert exp.units[:2] == [3, 0] and exp.contributions == sorted(exp.contributions)[::-1]
+    assert exp.labels[:2] == ["red-c", "red-c"] and exp.masks.shape == (3, 6, 6)
+    assert exp.masks[0].any()
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.feat._forward_hooks
+    blue = explain_prediction(model, "feat", images[0], top=2, cls=2)
+    assert blue.cls == "blue" and set(blue.units) == {5, 2}
+    assert blue.labels == [] and blue.masks.shape == (0, 6, 6)
+    with pytest.raises(ValueError, match="out of range"):
+        explain_prediction(model, "feat", images[0], cls=7)
+    with pytest.raises(ValueError, match="tensor \\[3, H, W\\]"):
+        explain_prediction(model, "feat", images[:2])
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        assert plot_explanation(images[0], exp, Path(d) / "e.png").stat().st_size > 3000
