@@ -26,6 +26,15 @@ def per_index_normal(n: int, seed: int, start: int, shape: tuple[int, ...]) -> t
     return torch.from_numpy(out)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); CPU when it has neither."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 class Generator(nn.Module, ABC):
     """A generative image model behind one interface.
 
@@ -62,11 +71,7 @@ class Generator(nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        for b in self.buffers():
-            return b.device
-        return torch.device("cpu")
+        return module_device(self)
 
     def check_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Validate a latent batch (shape, finiteness) and move it to :attr:`device`."""

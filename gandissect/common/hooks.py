@@ -29,6 +29,15 @@ class _StopForward(Exception):
     """Raised inside a hook to end the forward pass early; swallowed by :class:`Trace`."""
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); CPU when it has neither."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule ``name`` of ``model``; a wrong name raises a ValueError listing valid ones.
 

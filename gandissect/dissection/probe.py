@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..common.hooks import resolve_layer
+from ..common.hooks import module_device, resolve_layer
 
 #: what a probe set provides (see the module docstring)
 PROBE_ATTRIBUTES = ("labels", "categories", "image_size", "mask_size", "images", "masks",
@@ -91,11 +91,7 @@ class ProbeModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        for b in self.model.buffers():
-            return b.device
-        return torch.device("cpu")
+        return module_device(self.model)
 
     def sample_latents(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
         """Sample indices ``start .. start+n-1`` (int64), checked against the probe's size."""

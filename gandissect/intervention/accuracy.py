@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..common.hooks import Trace, check_feature_map
+from ..common.hooks import Trace, check_feature_map, module_device
 from ..dissection.results import LayerResult
 from .edit import Edit, intervene
 
@@ -44,16 +44,10 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor, classes: int) -> Non
         raise ValueError("images contain NaN or inf values")
 
 
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def class_logits(model: nn.Module, images: torch.Tensor, edits: Sequence[Edit] = (),
                  batch_size: int = 64) -> torch.Tensor:
     """``model``'s logits ``[n, K]`` (float32, CPU) on ``images``, with ``edits`` applied."""
-    dev, out = _device(model), []
+    dev, out = module_device(model), []
     with torch.no_grad(), intervene(model, *edits, check=False):
         for s in range(0, images.shape[0], batch_size):
             logits = model(images[s:s + batch_size].to(dev))
@@ -116,7 +110,7 @@ class UnitImportance:
 
 def _units_of(model: nn.Module, layer: str, image: torch.Tensor) -> int:
     with torch.no_grad(), Trace(model, [layer], stop=True) as tr:
-        model(image.to(_device(model)))
+        model(image.to(module_device(model)))
     return int(check_feature_map(layer, tr[layer]).shape[1])
 
 
@@ -319,7 +313,7 @@ def explain_prediction(model: nn.Module, layer: str, image: torch.Tensor,
     handle = resolve_layer(model, layer).register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            logits = model(image[None].to(_device(model)))
+            logits = model(image[None].to(module_device(model)))
             k = int(logits.argmax(1)) if cls is None else int(cls)
             if not 0 <= k < logits.shape[1]:
                 raise ValueError(f"class {cls} out of range 0..{logits.shape[1] - 1}")

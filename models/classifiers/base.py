@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.base import module_device
+
 
 class Classifier(nn.Module, ABC):
     """An image classifier behind one interface.
@@ -86,11 +88,7 @@ class Classifier(nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        for b in self.buffers():
-            return b.device
-        return torch.device("cpu")
+        return module_device(self)
 
     def check_images(self, x: torch.Tensor) -> torch.Tensor:
         """Validate an image batch (rank, channels, dtype, finiteness); on :attr:`device`."""
