@@ -9,6 +9,7 @@ generator for thousands of forward passes, which must never reach the images use
 
 from __future__ import annotations
 
+import atexit
 import copy
 import re
 import threading
@@ -25,6 +26,9 @@ from ..intervention.edit import layer_shape
 from .brushes import BrushSet, cache_dir, load_or_build_brushes
 from .effects import BrushEffect, effects_from_json, effects_to_json, measure_effects
 from .painter import STRENGTHS, Painter, brush_key, load_models
+
+#: Seconds an unfinished job gets at interpreter exit to reach its next progress message.
+EXIT_WAIT_SECONDS = 120.0
 
 #: Brush files shipped with the package for the bundled models (used when their weights match).
 SHIPPED = Path(__file__).resolve().parent / "shipped"
@@ -116,16 +120,27 @@ class PainterJob:
 
     # ------------------------------------------------------------------ control
     def start(self) -> PainterJob:
-        """Start the thread (once; later calls do nothing)."""
+        """Start the thread (once; later calls do nothing). At interpreter exit an unfinished
+        job is cancelled and waited for (:meth:`stop`): a thread still inside torch when the
+        interpreter tears down aborts the process ("terminate called without an active
+        exception", exit status 134)."""
         with self._start_lock:
             if not self._thread.is_alive() and not self._done.is_set():
                 self._started = time.monotonic()
                 self._thread.start()
+                atexit.register(self.stop, EXIT_WAIT_SECONDS)
         return self
 
     def cancel(self) -> None:
         """Stop at the build's next progress message (the thread is a daemon either way)."""
         self._cancel.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel and wait up to ``timeout`` seconds for the thread to end; True if it did."""
+        self.cancel()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def wait_models(self, timeout: float | None = None) -> Painter:
         """The painter once the models are loaded; raises the job's error if that failed."""

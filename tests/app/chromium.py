@@ -43,8 +43,8 @@ def served(demo: Any) -> Iterator[str]:
     finally:
         demo.close()
         job = getattr(demo, "ganpaint_job", None)
-        if job is not None:
-            job.cancel()
+        if job is not None:                  # cancelled, and its thread ended before we go on
+            assert job.stop(600), "the brush job did not stop within 600 s of its cancel"
 
 
 @contextmanager
