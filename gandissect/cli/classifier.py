@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=5, help="random unit sets per k (default 5)")
     p.add_argument("--dissection", default=None,
                    help="dissect --probe output folder of this model: label the units")
+    p.add_argument("--ranking", default=None, metavar="ABLATION_JSON",
+                   help="reuse the single-unit ranking of an earlier run's ablation.json (same "
+                        "model, --layer, --rank-seed and --rank-samples) instead of recomputing "
+                        "it (the costly part: one pass per unit)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="cpu")
@@ -96,6 +100,25 @@ def _layer_result(folder: str, layer: str) -> Any:
         raise ValueError(f"--dissection {folder} has no layer {layer!r} (it has "
                          f"{', '.join(results)})")
     return results[layer]
+
+
+def _saved_ranking(args: argparse.Namespace) -> Any:
+    """The :class:`UnitImportance` stored in ``args.ranking`` (an ``ablation.json``), checked
+    against this run's model, layer and ranking images."""
+    import numpy as np
+
+    from gandissect.intervention.accuracy import UnitImportance
+
+    data = json.loads(Path(args.ranking).read_text())
+    want = {"model": args.model, "layer": args.layer,
+            "ranked_on": {"seed": args.rank_seed, "samples": args.rank_samples}}
+    got = {k: data.get(k) for k in want}
+    if got != want:
+        raise ValueError(f"--ranking {args.ranking} was made with {got}, this run asks for "
+                         f"{want}; rerun without --ranking")
+    return UnitImportance(args.layer, list(data["classes"]), np.array(data["base_accuracy"]),
+                          np.array(data["single_unit_drop"]),
+                          np.array(data["single_unit_logit_drop"]), args.rank_samples)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -168,9 +191,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dissection is not None:
         result = _layer_result(args.dissection, args.layer)
     size = int(getattr(model, "input_size", 64))
-    rank_x, rank_y = toyworld_scenes(args.rank_seed, args.rank_samples, size)
-    imp = unit_importance(model, args.layer, rank_x, rank_y, batch_size=args.batch_size,
-                          progress=not args.no_progress)
+    if args.ranking is not None:
+        imp = _saved_ranking(args)
+    else:
+        rank_x, rank_y = toyworld_scenes(args.rank_seed, args.rank_samples, size)
+        imp = unit_importance(model, args.layer, rank_x, rank_y, batch_size=args.batch_size,
+                              progress=not args.no_progress)
     if ks[-1] > imp.units:
         raise ValueError(f"--ks goes up to {ks[-1]} but {args.layer} has {imp.units} units")
     x, y = toyworld_scenes(args.seed, args.samples, size)

@@ -61,6 +61,19 @@ def test_cli_class_ablation_equals_api(weights: Path, tmp_path: Path,
         assert row["units"] == c.units and np.allclose(row["accuracy"], c.accuracy)
         assert np.allclose(row["random_accuracy"], c.random_accuracy)
         assert [u["unit"] for u in row["unit_concepts"]] == c.units[:4]
+    again = tmp_path / "again"
+    assert main(["class-ablation", "--model", f"toyworld-classifier:{weights}", "--layer",
+                 "conv5", "--samples", "24", "--rank-samples", "18", "--seed", "3",
+                 "--rank-seed", "4", "--ks", "2", "--draws", "2", "--ranking",
+                 str(out / "ablation.json"), "--out", str(again), "--no-progress"]) == 0
+    reused = json.loads((again / "ablation.json").read_text())
+    assert reused["single_unit_drop"] == data["single_unit_drop"]
+    assert [r["units"][:2] for r in reused["curves"]] == [r["units"][:2] for r in data["curves"]]
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["class-ablation", "--model", f"toyworld-classifier:{weights}",
+                               "--layer", "conv5", "--rank-seed", "9", "--ranking",
+                               str(out / "ablation.json"), "--out", str(again)]))
+    assert e.value.code == 2 and "rerun without --ranking" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
