@@ -1,5 +1,6 @@
 """Processes from ``/proc`` (Linux; psutil is not a dependency), for the tests that kill a run
-and check that it leaves no process behind (importable as ``procs``, like ``tiny``)."""
+and check that it leaves no process behind, and :func:`released` for the Dask tests
+(importable as ``procs``, like ``tiny``)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def kill9(proc: subprocess.Popen[str]) -> None:
     """SIGKILL ``proc`` and reap it."""
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
+
+
+def released(client: object, seconds: float = 60.0) -> bool:
+    """The Dask ``client``'s cluster holds no data within ``seconds`` (a finished run's results
+    are released asynchronously, after the call returned)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not any(client.has_what().values()):  # type: ignore[attr-defined]
+            return True
+        time.sleep(0.2)
+    return False

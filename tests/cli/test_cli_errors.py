@@ -216,7 +216,7 @@ def test_gan_quality_needs_two_samples(capsys: pytest.CaptureFixture[str]) -> No
 def test_every_int_option_is_classified() -> None:
     """An int option is a count (refused below 1) or one of the few where 0 and below are
     meaningful; a new int option must be put in one of the two."""
-    not_counts = {"seed", "eval_seed", "rank_seed", "port"}
+    not_counts = {"seed", "eval_seed", "rank_seed", "port", "rotate", "index"}
     parser = build_parser()
     subs = next(a for a in parser._actions if a.dest == "command").choices
     for name, sub in subs.items():

@@ -9,6 +9,7 @@ from typing import Any
 import distributed
 import pytest
 import torch
+from procs import released
 
 from gandissect.paint import brushes
 
@@ -44,7 +45,7 @@ def test_brushes_on_a_cluster_are_bit_identical(client: distributed.Client, gen:
     assert any(k.startswith("dissect-") for k in keys)
     assert sum(k.startswith("brush-ablate-") for k in keys) >= 2
     assert any("on the Dask cluster" in m for m in said)
-    assert not any(client.has_what().values())
+    assert released(client)
 
 
 def test_not_a_client_is_refused(gen: Any, seg: Any) -> None:
