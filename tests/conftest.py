@@ -2,6 +2,8 @@
 busy machine oversubscribed threads make them orders of magnitude slower), and shared fixtures."""
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -24,3 +26,16 @@ def gen() -> models.Generator:
 def seg() -> segmenters.Segmenter:
     """The planted palette segmenter, one per test module (overridable like :func:`gen`)."""
     return segmenters.load("planted")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A ``distributed.Client`` of a LocalCluster of two worker processes (one thread each),
+    both up, one per test module; closed with the cluster at the module's end."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=120)
+        yield c

@@ -211,18 +211,15 @@ def load_classifier_and_probe(args: argparse.Namespace) -> tuple[Any, Any]:
     model = load_classifier(name, path=kw.get("path"), device=args.device,
                             trust_pickle=bool(getattr(args, "trust_pickle", False)))
     kind, _, rest = args.probe.partition(":")
-    if kind == "toyworld" and not rest:
+    if kind == "toyworld" and not rest:                 # rendered at the model's input size
         probe: Any = ToyworldProbe(size=args.samples or TOYWORLD_PROBE_SAMPLES, typed=True,
-                                   scene_labels=True)
+                                   scene_labels=True,
+                                   resolution=int(getattr(model, "input_size", 64)))
     elif kind == "broden" and rest:
         probe = BrodenProbe(rest)
     else:
         raise ValueError(f"--probe {args.probe!r}: expected toyworld or broden:PATH (a Broden "
                          f"folder with index.csv and images/)")
-    size = model.input_size if hasattr(model, "input_size") else None
-    if size is not None and kind == "toyworld" and tuple(probe.image_size) != (size, size):
-        probe = ToyworldProbe(size=args.samples or TOYWORLD_PROBE_SAMPLES, typed=True,
-                              scene_labels=True, resolution=int(size))
     return model, probe
 
 

@@ -24,24 +24,29 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..common.hooks import Trace, check_feature_map, module_device
+from ..common.hooks import check_feature_map, module_device, resolve_layer
 from ..dissection.results import LayerResult
+from ..dissection.rotation import layer_units
 from .edit import Edit, intervene
 
 
-def _check_data(images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+def _check_images(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a tensor [n, 3, H, W], got "
                          f"{list(getattr(images, 'shape', []))}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must be a tensor [n] of class indices for the {images.shape[0]} "
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values")
+
+
+def _check_labels(labels: torch.Tensor, n: int, classes: int) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
+        raise ValueError(f"labels must be a tensor [n] of class indices for the {n} "
                          f"images, got {list(getattr(labels, 'shape', []))}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ValueError(f"labels must be class indices in 0..{classes - 1}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values")
 
 
 def class_logits(model: nn.Module, images: torch.Tensor, edits: Sequence[Edit] = (),
@@ -108,29 +113,22 @@ class UnitImportance:
         return int(cls)
 
 
-def _units_of(model: nn.Module, layer: str, image: torch.Tensor) -> int:
-    with torch.no_grad(), Trace(model, [layer], stop=True) as tr:
-        model(image.to(module_device(model)))
-    return int(check_feature_map(layer, tr[layer]).shape[1])
-
-
 def unit_importance(model: nn.Module, layer: str, images: torch.Tensor, labels: torch.Tensor,
                     classes: Sequence[str] | None = None, batch_size: int = 64,
                     progress: bool = False) -> UnitImportance:
     """Zero each unit of ``layer`` alone (one pass over ``images`` per unit) and measure every
     class's accuracy and mean logit on its own images against the unablated model."""
     model.eval()
+    _check_images(images)
+    U = layer_units(model, layer, images[:1].to(module_device(model)))
+    logits = class_logits(model, images, batch_size=batch_size)
+    K = logits.shape[1]
     names = list(classes) if classes is not None else \
-        list(getattr(model, "classes", [])) or None
-    base = class_logits(model, images[:1], batch_size=batch_size)
-    K = base.shape[1]
-    names = names or [f"class_{k}" for k in range(K)]
+        list(getattr(model, "classes", [])) or [f"class_{k}" for k in range(K)]
     if len(names) != K:
         raise ValueError(f"{len(names)} class names for a model with {K} outputs")
-    _check_data(images, labels, K)
+    _check_labels(labels, images.shape[0], K)
     labels = labels.long().cpu()
-    U = _units_of(model, layer, images[:1])
-    logits = class_logits(model, images, batch_size=batch_size)
     acc0, logit0 = per_class_accuracy(logits, labels, K), _class_logit(logits, labels, K)
     drop, ldrop = np.zeros((K, U)), np.zeros((K, U))
     units: Any = range(U)
@@ -171,11 +169,16 @@ class AblationCurve:
                 **self.meta}
 
 
-def _acc_pair(model: nn.Module, layer: str, units: Sequence[int], images: torch.Tensor,
-              labels: torch.Tensor, k: int, K: int, batch_size: int) -> tuple[float, float]:
-    edits = [Edit(layer, list(units))] if len(units) else []
-    acc = per_class_accuracy(class_logits(model, images, edits, batch_size), labels, K)
+def _acc_pair(acc: np.ndarray, k: int) -> tuple[float, float]:
+    """Class ``k``'s accuracy and the mean of the others' from per-class accuracies."""
     return float(acc[k]), float(np.nanmean(np.delete(acc, k)))
+
+
+def _accuracy(model: nn.Module, layer: str, units: Sequence[int], images: torch.Tensor,
+              labels: torch.Tensor, K: int, batch_size: int) -> np.ndarray:
+    """Per-class accuracy ``[K]`` with ``units`` of ``layer`` zeroed (none: unedited)."""
+    edits = [Edit(layer, list(units))] if len(units) else []
+    return per_class_accuracy(class_logits(model, images, edits, batch_size), labels, K)
 
 
 def ablation_curves(model: nn.Module, importance: UnitImportance, images: torch.Tensor,
@@ -186,32 +189,53 @@ def ablation_curves(model: nn.Module, importance: UnitImportance, images: torch.
     ``importance``, best measured on other images) for each ``k`` and measure on ``images``;
     beside it ``draws`` sets of ``k`` random units (seeded by ``(seed, class, draw)``)."""
     K, U = len(importance.classes), importance.units
-    _check_data(images, labels, K)
+    _check_images(images)
+    _check_labels(labels, images.shape[0], K)
     labels = labels.long().cpu()
     ks = sorted({int(k) for k in ks if 0 < int(k) <= U})
     if not ks:
         raise ValueError(f"ks must hold unit counts in 1..{U}")
     model.eval()
+    layer = importance.layer
+    unedited = _accuracy(model, layer, [], images, labels, K, batch_size)   # once, for all
     out: dict[str, AblationCurve] = {}
     for cls in classes if classes is not None else range(K):
         k = importance._index(cls)
         rank = importance.ranking(k)[:max(ks)].tolist()
-        base = _acc_pair(model, importance.layer, [], images, labels, k, K, batch_size)
-        top = [_acc_pair(model, importance.layer, rank[:n], images, labels, k, K, batch_size)
+        base = _acc_pair(unedited, k)
+        top = [_acc_pair(_accuracy(model, layer, rank[:n], images, labels, K, batch_size), k)
                for n in ks]
         rnd = np.zeros((draws, len(ks), 2))
         for d in range(draws):
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, k, d])))
             perm = rng.permutation(U).tolist()
             for j, n in enumerate(ks):
-                rnd[d, j] = _acc_pair(model, importance.layer, perm[:n], images, labels, k, K,
-                                      batch_size)
+                rnd[d, j] = _acc_pair(_accuracy(model, layer, perm[:n], images, labels, K,
+                                                batch_size), k)
         name = importance.classes[k]
         out[name] = AblationCurve(importance.layer, name, ks, rank,
                                   np.array([a for a, _ in top]), np.array([o for _, o in top]),
                                   rnd[:, :, 0], rnd[:, :, 1], base[0], base[1],
                                   {"draws": draws, "seed": seed, "images": int(images.shape[0])})
     return out
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported when a plot is drawn)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay ``fig`` out, save it to ``path`` (PNG, folders made) and close it."""
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    _pyplot().close(fig)
+    return p
 
 
 def unit_concepts(result: LayerResult, units: Sequence[int]) -> list[dict[str, Any]]:
@@ -233,10 +257,7 @@ def plot_ablation_curves(curves: dict[str, AblationCurve], path: str | Path,
     """One panel per class: its accuracy (solid) and the other classes' mean (dashed) against
     the number of units zeroed, top-ranked units against random units (mean of the draws,
     shaded min..max). Saved to ``path`` (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n = len(curves)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
@@ -261,12 +282,7 @@ def plot_ablation_curves(curves: dict[str, AblationCurve], path: str | Path,
     axes.flat[0].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)
 
 
 @dataclass
@@ -296,10 +312,6 @@ def explain_prediction(model: nn.Module, layer: str, image: torch.Tensor,
     summed over the map). With ``result`` (a dissection of ``layer``) each unit gets its label
     and its region (activation upsampled bilinearly to the image, above the unit's threshold).
     The model's weights and their gradients are left untouched."""
-    import torch.nn.functional as F
-
-    from ..common.hooks import resolve_layer
-
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError(f"image must be a tensor [3, H, W], got "
                          f"{list(getattr(image, 'shape', []))}")
@@ -346,10 +358,7 @@ def explain_prediction(model: nn.Module, layer: str, image: torch.Tensor,
 def plot_explanation(image: torch.Tensor, exp: Explanation, path: str | Path) -> Path:
     """The image, then one panel per unit with its region outlined over the image, its label,
     IoU and contribution. ``image`` is float RGB in [0, 1], ``[3, H, W]``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rgb = image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
     n = 1 + len(exp.units)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
@@ -363,9 +372,4 @@ def plot_explanation(image: torch.Tensor, exp: Explanation, path: str | Path) ->
         ax.set_title(f"unit {u} {label}\ncontrib {exp.contributions[j]:.2f}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, path)

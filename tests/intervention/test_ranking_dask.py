@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ from gandissect.cli import main
 from gandissect.intervention.ranking import single_unit_ace, single_unit_ace_concepts
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
-        c.wait_for_workers(2, timeout=120)
-        yield c
 
 
 def test_ace_concepts_on_tiny_models_are_bit_identical(client: distributed.Client,

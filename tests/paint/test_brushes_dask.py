@@ -3,7 +3,6 @@ the single-unit ablations run as tasks, and the brushes are bit-identical to one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import distributed
@@ -16,15 +15,6 @@ from gandissect.paint import brushes
 torch.set_num_threads(1)
 
 BUILD: dict[str, Any] = {"samples": 64, "candidates": 6, "ace_samples": 8}
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
-        c.wait_for_workers(2, timeout=120)
-        yield c
 
 
 def test_brushes_on_a_cluster_are_bit_identical(client: distributed.Client, gen: Any, seg: Any,
