@@ -12,30 +12,32 @@ shows a unit's feature map.
 
 The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering, the
 background build in :mod:`~gandissect.paint.job`, the paint canvas in
-:mod:`~gandissect.paint.canvas`): callbacks only translate between widgets and that API. Each
-browser session has its own history (``gr.State``); forward passes are serialised by the
-painter's lock. Images reach the browser as data URLs or as files written once under their
-content hash (never rewritten while a browser may be reading them).
+:mod:`~gandissect.paint.canvas`): callbacks only translate between widgets and that API.
+
+Many users at once: each browser session has its own history (``gr.State``, at most
+:data:`~gandissect.paint.painter.MAX_STROKES` strokes; the server keeps the sessions of at
+most :data:`SESSIONS` browsers, least recently used dropped first). Up to :data:`RENDER_SLOTS`
+rendering events run at once and :meth:`Painter.render_many
+<gandissect.paint.painter.Painter.render_many>` renders what they ask for in shared forward
+passes (a stroke needs one image: the image before it comes from the painter's bounded cache).
+Gradio's own batched events (``batch=True``) are not used: they run a whole batch in the first
+event's session, so ``gr.State`` would mix sessions. Images reach the browser as data URLs or
+as PNG files in Gradio's cache folder, one per content hash, never rewritten, at most
+:data:`MAX_FILES` of them (the least recently sent are removed).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import hashlib
 import html
 import itertools
-import os
 import random
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image
 
 from gandissect.cli.app import add_arguments
 from gandissect.paint import canvas as cv
@@ -49,6 +51,7 @@ from gandissect.paint.painter import (
     Stroke,
     upscale,
 )
+from gandissect.paint.serving import ImageFiles
 
 #: Display scale of the 64 px result image (nearest neighbour).
 SCALE = 4
@@ -59,6 +62,13 @@ EFFECT_HEADERS = ["concept", "strength", "draw: points of the image added",
 GRID = 12
 #: How long an API call made before the brushes are ready waits for them (seconds).
 API_WAIT = 600.0
+#: Rendering events (images, strokes, undo/redo, grid) that run at once; their renders share
+#: forward passes, so this bounds a batch, not the work.
+RENDER_SLOTS = 16
+#: Result and thumbnail PNG files kept on disk (the least recently sent are removed).
+MAX_FILES = 512
+#: Browser sessions whose state (history) the server keeps (Gradio's LRU of sessions).
+SESSIONS = 1000
 DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
 FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 _ROW = "display:flex;gap:10px;align-items:center;flex-wrap:wrap"
@@ -75,25 +85,10 @@ def grid_seed(page: int, index: int) -> int:
     return page * GRID + index
 
 
-class ImageFiles:
-    """PNG files written once each under their content hash (atomically), in a folder removed
-    at exit. Gradio rewrites its own cache file of an image each time the same image is sent
-    again, which a browser may be reading ("Too much data for declared Content-Length")."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="ganpaint-"))
-        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
-
-    def path(self, image: np.ndarray) -> str:
-        arr = np.ascontiguousarray(image, dtype=np.uint8)
-        digest = hashlib.sha256(arr.tobytes() + str(arr.shape).encode()).hexdigest()[:32]
-        path = self.folder / f"{digest}.png"
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(fd)
-            Image.fromarray(arr).save(tmp, format="PNG")
-            os.replace(tmp, path)
-        return str(path)
+def forget(demo: Any, path: str) -> None:
+    """Drop a removed file from the sets of files Gradio remembers it created (they only grow)."""
+    for files in getattr(demo, "temp_file_sets", []):
+        files.discard(path)
 
 
 def build_status(job: PainterJob) -> str:
@@ -131,7 +126,6 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                PainterJob(model, segmenter, layer,
                           fallback=tuple(FALLBACK.values()) if fallback else None, **build))
     job.start()
-    files = ImageFiles()
     seq = itertools.count()
 
     def models() -> Painter:
@@ -146,8 +140,10 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                              if st.state != "failed" else f"no brushes: {st.message}")
         return p
 
-    def outputs(seed: float, history: History, status: str, clear: str) -> tuple[Any, ...]:
-        image = models().render(int(seed), history.active)  # one forward pass per event
+    def outputs(seed: float, history: History, status: str, clear: str,
+                image: np.ndarray | None = None) -> tuple[Any, ...]:
+        if image is None:
+            image = models().render(int(seed), history.active)  # batched with other sessions
         return (files.path(upscale(image, SCALE)), cv.canvas_value(image, clear, next(seq)),
                 history, history.rows(), status)
 
@@ -166,10 +162,10 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
 
     def grid(page: float | None) -> tuple[Any, ...]:
         page = max(0, int(page or 0))
-        p = models()
-        images = [(files.path(upscale(p.render(grid_seed(page, i), []), 2)),
-                   f"seed {grid_seed(page, i)}") for i in range(GRID)]
-        return images, page
+        seeds = [grid_seed(page, i) for i in range(GRID)]
+        images = models().render_many([(s, ()) for s in seeds])  # one forward pass
+        return [(files.path(upscale(im, 2)), f"seed {s}") for im, s in zip(images, seeds,
+                                                                          strict=True)], page
 
     def next_grid(page: float | None) -> tuple[Any, ...]:
         return grid(int(page or 0) + 1)
@@ -182,7 +178,10 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         if seed is None or seed < 0:
             gr.Warning("Pick an image first (seed >= 0).")
             return outputs(0, history, "not applied: no image", "none")
-        before = models().render(int(seed), history.active)
+        if history.full:
+            msg = f"at most {history.limit} strokes per image: undo or reset to paint more"
+            gr.Warning(msg.capitalize() + ".")
+            return outputs(seed, history, f"not applied: {msg}", "none")
         try:
             stroke: Stroke = make()
         except EmptyStrokeError:
@@ -191,11 +190,13 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         except ValueError as exc:
             gr.Warning(str(exc))
             return outputs(seed, history, f"not applied: {exc}", "none")
-        history = history.push(stroke)
-        out = outputs(seed, history, f"stroke {len(history.active)}: {stroke.mode} "
+        new = history.push(stroke)
+        # the image before is normally cached (this session's last event rendered it)
+        before, after = models().render_many([(int(seed), history.active),
+                                              (int(seed), new.active)])
+        out = outputs(seed, new, f"stroke {len(new.active)}: {stroke.mode} "
                       f"{stroke.label} ({stroke.layer}) with units "
-                      f"{', '.join(map(str, stroke.units))}", "taken")
-        after = models().render(int(seed), history.active)
+                      f"{', '.join(map(str, stroke.units))}", "taken", after)
         if np.array_equal(before, after):
             gr.Warning("The stroke changed no pixel here. " + note)
             out = (*out[:4], out[4] + " - no visible change here. " + note)
@@ -267,6 +268,9 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
 
     title = job.model if job.painter is None else job.painter.name
     with gr.Blocks(title="GANPaint - gandissect") as demo:
+        # in Gradio's cache folder (served as is, never copied); a removed file is forgotten
+        files = ImageFiles(demo.GRADIO_CACHE, MAX_FILES, on_remove=lambda path: forget(demo, path))
+        atexit.register(files.close)
         history = gr.State(History())
         enabled = gr.State(False)
         gr.Markdown(f"# GANPaint\nModel **{title}**, layer **{job.layer}**. Paint over the "
@@ -332,23 +336,25 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         for widget in (concept, mode, strength):
             widget.change(effect_note, [concept, mode, strength], effect, queue=False,
                           show_progress="hidden")
-        seed.submit(new_image, [seed, history], outs, api_name="image")
-        rand.click(random_image, [history], [seed, *outs], api_name="random")
+        # rendering events share one pool of slots; their renders share forward passes
+        render: dict[str, Any] = {"concurrency_id": "render", "concurrency_limit": RENDER_SLOTS}
+        seed.submit(new_image, [seed, history], outs, api_name="image", **render)
+        rand.click(random_image, [history], [seed, *outs], api_name="random", **render)
         apply.click(paint, [mask_box, seed, concept, mode, strength, alpha, history], outs,
-                    api_name="paint", js=cv.TAKE_MASK_JS, show_progress="minimal")
+                    api_name="paint", js=cv.TAKE_MASK_JS, show_progress="minimal", **render)
         apply_units.click(paint_units, [mask_box, seed, layer_box, units_box, unit_mode, alpha,
                                         history], outs, api_name="paint_units",
-                          js=cv.TAKE_MASK_JS)
+                          js=cv.TAKE_MASK_JS, **render)
         for button, how in ((undo, "undo"), (redo, "redo"), (reset, "reset")):
             button.click(lambda s, h, how=how: step(s, h, how), [seed, history], outs,
-                         api_name=how)
+                         api_name=how, **render)
         show_map.click(feature, [seed, layer_box, unit_num, history], heat,
                        api_name="feature_map")
-        page.submit(grid, [page], [gallery, page], api_name="grid")
-        more.click(next_grid, [page], [gallery, page], api_name="next_grid")
-        gallery.select(pick, [page], [seed, *outs])
-        demo.load(show, [seed, history], outs)
-        demo.load(grid, [page], [gallery, page])
+        page.submit(grid, [page], [gallery, page], api_name="grid", **render)
+        more.click(next_grid, [page], [gallery, page], api_name="next_grid", **render)
+        gallery.select(pick, [page], [seed, *outs], **render)
+        demo.load(show, [seed, history], outs, **render)
+        demo.load(grid, [page], [gallery, page], **render)
     demo.ganpaint_job = job  # for tests and shutdown
     return demo
 
@@ -366,7 +372,8 @@ def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
     demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
                      fallback=chosen == DEFAULTS)
-    return demo.queue(default_concurrency_limit=2, max_size=64).launch(
+    launch_kw.setdefault("state_session_capacity", SESSIONS)
+    return demo.queue(default_concurrency_limit=2, max_size=256).launch(
         server_name=args.host, server_port=args.port, **launch_kw)
 
 

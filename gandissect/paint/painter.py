@@ -15,6 +15,8 @@ state can be copied freely.
 
 :class:`Painter` holds a generator, its brushes and a lock (hooks live on the shared generator,
 so forward passes of different users never overlap) and renders ``(seed, history)`` to pixels.
+For many users, :meth:`Painter.render_many` batches concurrent requests into shared forward
+passes and caches recent images (bounded); a history holds at most :data:`MAX_STROKES` strokes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +42,7 @@ from ..common.specs import split_spec
 from ..intervention.causal import unit_statistics
 from ..intervention.edit import Edit, intervene, layer_shape
 from .brushes import BrushSet, load_or_build_brushes
+from .serving import LRU, Batcher
 
 Mode = Literal["draw", "remove"]
 MODES: tuple[str, ...] = ("draw", "remove")
@@ -46,10 +50,20 @@ MODES: tuple[str, ...] = ("draw", "remove")
 STRENGTHS: tuple[int, ...] = (4, 10, 20)
 #: Largest mask side processed at full resolution; larger uploads are subsampled first.
 MAX_MASK_SIDE = 4096
+#: Most strokes one history holds (active and undone); one more is refused (undo or reset).
+MAX_STROKES = 64
+#: Most images of concurrent requests rendered in one forward pass.
+MAX_BATCH = 16
+#: Rendered images kept for reuse (undo, the image before a stroke, thumbnails): bytes.
+CACHE_BYTES = 32 * 2 ** 20
 
 
 class EmptyStrokeError(ValueError):
     """A stroke mask covers no cell of the layer (nothing was painted)."""
+
+
+class HistoryFullError(ValueError):
+    """A history already holds its :attr:`History.limit` of active strokes."""
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -118,11 +132,27 @@ class Stroke:
     strength: int
     mask: np.ndarray = field(repr=False)
 
-    def edit(self) -> Edit:
-        """The stroke as an :class:`Edit` (replacement 0 when removing)."""
+    def edit(self, sample: int = 0, batch: int = 1) -> Edit:
+        """The stroke as an :class:`Edit` (replacement 0 when removing); with ``batch`` > 1 it
+        acts on sample ``sample`` only (its mask is 0 on the others, which leaves them exactly
+        as they were)."""
         rep: Any = 0.0 if self.mode == "remove" else list(self.replacement)
-        return Edit(self.layer, self.units, alpha=self.alpha, replacement=rep,
-                    mask=torch.from_numpy(self.mask))
+        mask = torch.from_numpy(self.mask)
+        if batch > 1:
+            if not 0 <= sample < batch:
+                raise ValueError(f"sample {sample} is not in a batch of {batch}")
+            mask = torch.stack([mask if i == sample else torch.zeros_like(mask)
+                                for i in range(batch)])
+        return Edit(self.layer, self.units, alpha=self.alpha, replacement=rep, mask=mask)
+
+    @cached_property
+    def key(self) -> bytes:
+        """A digest of everything that shapes the image (equal strokes, equal keys); the mask
+        must not change once the stroke is made."""
+        h = hashlib.sha256(repr((self.mode, self.layer, self.units, self.replacement,
+                                 self.alpha, self.mask.shape, str(self.mask.dtype))).encode())
+        h.update(np.ascontiguousarray(self.mask).tobytes())
+        return h.digest()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (no mask)."""
@@ -133,10 +163,18 @@ class Stroke:
 
 @dataclass(frozen=True)
 class History:
-    """Strokes with a cursor: ``strokes[:position]`` are active, the rest can be redone."""
+    """Strokes with a cursor: ``strokes[:position]`` are active, the rest can be redone; at
+    most ``limit`` strokes (:data:`MAX_STROKES`): :meth:`push` beyond raises
+    :class:`HistoryFullError`."""
 
     strokes: tuple[Stroke, ...] = ()
     position: int = 0
+    limit: int = MAX_STROKES
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.limit and 0 <= self.position <= len(self.strokes) <= self.limit):
+            raise ValueError(f"no history of {len(self.strokes)} strokes at position "
+                             f"{self.position} with limit {self.limit}")
 
     @property
     def active(self) -> tuple[Stroke, ...]:
@@ -150,9 +188,17 @@ class History:
     def can_redo(self) -> bool:
         return self.position < len(self.strokes)
 
+    @property
+    def full(self) -> bool:
+        """Whether :meth:`push` would be refused."""
+        return self.position >= self.limit
+
     def push(self, stroke: Stroke) -> History:
         """Add ``stroke`` after the active ones (dropping any undone strokes)."""
-        return History(self.active + (stroke,), self.position + 1)
+        if self.full:
+            raise HistoryFullError(f"at most {self.limit} strokes per image: undo or reset "
+                                   "before painting more")
+        return History(self.active + (stroke,), self.position + 1, self.limit)
 
     def undo(self) -> History:
         return replace(self, position=max(0, self.position - 1))
@@ -161,7 +207,7 @@ class History:
         return replace(self, position=min(len(self.strokes), self.position + 1))
 
     def reset(self) -> History:
-        return History()
+        return History(limit=self.limit)
 
     def rows(self) -> list[list[Any]]:
         """One table row per active stroke: #, concept, mode, strength, alpha, units, layer."""
@@ -174,11 +220,14 @@ class History:
 class Painter:
     """Renders ``(seed, history)`` of ``generator`` and makes strokes from masks and brushes.
 
-    Thread-safe: forward passes (which add hooks to the shared generator) hold one lock.
+    Thread-safe: forward passes (which add hooks to the shared generator) hold one lock;
+    :meth:`render_many` batches concurrent requests (at most ``max_batch`` images a pass) and
+    caches up to ``cache_bytes`` of rendered images.
     """
 
     def __init__(self, generator: Any, brushes: BrushSet | None = None, name: str = "",
-                 layer: str | None = None, segmenter: Any = None) -> None:
+                 layer: str | None = None, segmenter: Any = None, max_batch: int = MAX_BATCH,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         if brushes is None and layer is None:
             raise ValueError("give the brushes or, until they are built, their layer")
         self.generator = generator.eval()
@@ -189,6 +238,10 @@ class Painter:
         self._shapes: dict[str, tuple[int, int, int]] = {}
         self._quantiles: dict[str, tuple[float, ...]] = {}
         self._brushes: BrushSet | None = None
+        self.batcher: Batcher[tuple[int, tuple[Stroke, ...]], np.ndarray] = Batcher(
+            self._render_images, max_batch=max_batch)
+        self.cache: LRU[tuple[int, tuple[bytes, ...]], np.ndarray] = LRU(
+            4096, cache_bytes, size=lambda a: int(a.nbytes))
         if brushes is not None:
             self.set_brushes(brushes)
 
@@ -303,18 +356,46 @@ class Painter:
         return Stroke(label, mode, layer, tuple(int(u) for u in units), rep, alpha, strength,
                       grid)
 
-    @torch.no_grad()
     def render_tensor(self, seed: int, strokes: Sequence[Stroke] = ()) -> torch.Tensor:
         """The image ``[1, 3, H, W]`` in [-1, 1] of ``seed`` with ``strokes`` applied in order."""
-        z = self.latent(seed)
-        edits = [s.edit() for s in strokes]
+        return self.render_batch([(seed, strokes)])
+
+    @torch.no_grad()
+    def render_batch(self, items: Sequence[tuple[int, Sequence[Stroke]]]) -> torch.Tensor:
+        """Images ``[n, 3, H, W]`` in [-1, 1] of ``(seed, strokes)`` items in one forward pass;
+        each item's strokes act on its own sample only. Equal to rendering each item alone up
+        to float rounding (bit for bit on generators whose ops do not depend on the batch)."""
+        if not items:
+            raise ValueError("nothing to render")
+        z = torch.cat([self.latent(seed) for seed, _ in items])
+        edits = [s.edit(i, len(items)) for i, (_, strokes) in enumerate(items) for s in strokes]
         with self._lock, intervene(self.generator, *edits, check=False):
             return self.generator(z).detach().cpu()
 
+    def _render_images(self, items: list[tuple[int, tuple[Stroke, ...]]]) -> list[np.ndarray]:
+        images = to_uint8(self.render_batch(items))
+        return [np.ascontiguousarray(img) for img in images]
+
+    def render_many(self, items: Sequence[tuple[int, Sequence[Stroke]]]) -> list[np.ndarray]:
+        """uint8 ``[H, W, 3]`` images (read-only) of ``(seed, strokes)`` items. Thread-safe:
+        images rendered lately come from the cache; the others are rendered in one forward
+        pass shared with what other threads ask for at the same time."""
+        reqs = {(int(seed), tuple(s.key for s in strokes)): (int(seed), tuple(strokes))
+                for seed, strokes in items}
+        if any(seed < 0 for seed, _ in reqs.values()):
+            raise ValueError(f"seeds must be >= 0, got {[seed for seed, _ in items]}")
+        found = {k: img for k in reqs if (img := self.cache.get(k)) is not None}
+        todo = [k for k in reqs if k not in found]
+        for k, img in zip(todo, self.batcher([reqs[k] for k in todo]), strict=True):
+            img.setflags(write=False)
+            self.cache.put(k, img)
+            found[k] = img
+        return [found[(int(seed), tuple(s.key for s in strokes))] for seed, strokes in items]
+
     def render(self, seed: int, strokes: Sequence[Stroke] = (), scale: int = 1) -> np.ndarray:
-        """uint8 ``[H*scale, W*scale, 3]`` image (nearest-neighbour upscaling)."""
-        img = to_uint8(self.render_tensor(seed, strokes))[0]
-        return upscale(img, scale)
+        """uint8 ``[H*scale, W*scale, 3]`` image (nearest-neighbour upscaling), as
+        :meth:`render_many` makes it."""
+        return upscale(self.render_many([(seed, strokes)])[0], scale)
 
     @torch.no_grad()
     def feature_map(self, seed: int, unit: int, layer: str | None = None,
