@@ -24,7 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "intervention": {"dissection", "common"},
     "artifacts": {"intervention", "dissection", "common"},
     "paint": {"intervention", "dissection", "common"},
-    "cli": {"artifacts", "paint", "intervention", "dissection", "probes", "common"},
+    "sequence": {"intervention", "dissection", "probes", "common"},
+    "cli": {"artifacts", "paint", "sequence", "intervention", "dissection", "probes",
+            "common"},
     "__init__": {"artifacts", "paint", "intervention", "dissection", "probes", "common"},
     "__main__": {"cli"},
 }

@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gandissect.cli.app",
     "gandissect.cli.artifacts",
     "gandissect.cli.classifier",
+    "gandissect.cli.sequence",
 )
 
 
@@ -39,7 +40,7 @@ COUNT_OPTIONS: frozenset[str] = frozenset({
     "samples", "batch_size", "size", "ncol", "scale", "seg_resolution", "workers",
     "report_units", "top_k", "rank_samples", "sweep_samples", "threads", "heatmap_size",
     "heatmap_samples", "eval_samples", "top", "pool", "verify_samples", "random_draws",
-    "reference_samples", "draws"})
+    "reference_samples", "draws", "length"})
 
 
 def positive_int(text: str) -> int:

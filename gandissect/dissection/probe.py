@@ -3,7 +3,10 @@
 A *probe set* (see :mod:`gandissect.probes`; duck-typed here, so the engine does not import
 it) holds images with exact concept masks: ``labels``, ``categories``, ``image_size``,
 ``mask_size``, ``len()``, ``images(start, n)`` (float RGB in [0, 1]) and ``masks(start, n)``
-(bool ``[n, len(labels), h, w]``). :class:`ProbeModel` puts a model (a classifier, or any
+(bool ``[n, len(labels), h, w]``). A probe set of non-images (token sequences, say) provides
+``inputs(start, n)`` instead of ``images``: whatever its model takes, one row per sample (e.g.
+token ids ``[n, T]`` for a model whose layers output ``[n, units, 1, T]`` maps, with masks
+``[n, C, 1, T]``). :class:`ProbeModel` puts a model (a classifier, or any
 module whose layers output feature maps) and a probe set behind the engine's generator
 protocol: "latent" ``i`` is simply sample index ``i`` of the probe set, and the forward pass runs
 the model on those probe images. :func:`gandissect.dissection.engine.dissect` then takes the
@@ -36,14 +39,14 @@ from torch import nn
 
 from ..common.hooks import module_device, resolve_layer
 
-#: what a probe set provides (see the module docstring)
-PROBE_ATTRIBUTES = ("labels", "categories", "image_size", "mask_size", "images", "masks",
-                    "__len__")
+#: what a probe set provides (see the module docstring), besides ``images`` or ``inputs``
+PROBE_ATTRIBUTES = ("labels", "categories", "image_size", "mask_size", "masks", "__len__")
 
 
 def is_probe(obj: object) -> bool:
     """``obj`` provides the probe-set contract (and is not a segmenter, which labels images)."""
-    return all(hasattr(obj, a) for a in PROBE_ATTRIBUTES) and not hasattr(obj, "segment")
+    return all(hasattr(obj, a) for a in PROBE_ATTRIBUTES) and not hasattr(obj, "segment") \
+        and (hasattr(obj, "images") or hasattr(obj, "inputs"))
 
 
 def probe_identity(probe: Any) -> str:
@@ -73,6 +76,8 @@ class ProbeModel(nn.Module):
         super().__init__()
         if not is_probe(probe):
             missing = [a for a in PROBE_ATTRIBUTES if not hasattr(probe, a)]
+            if not (hasattr(probe, "images") or hasattr(probe, "inputs")):
+                missing.append("images (or inputs)")
             raise TypeError(f"{type(probe).__name__} is not a probe set (missing "
                             f"{', '.join(missing) or 'nothing, but it has segment()'})")
         self.model = model
@@ -102,14 +107,21 @@ class ProbeModel(nn.Module):
 
     def forward(self, indices: torch.Tensor) -> Any:
         """The model's output on probe images ``indices`` (read in one call when consecutive,
-        as the engine asks, else one by one)."""
+        as the engine asks, else one by one); on the probe's ``inputs`` when it has them."""
         idx = indices.reshape(-1).cpu()
         n = int(idx.numel())
         start = int(idx[0]) if n else 0
+        inputs = getattr(self.probe, "inputs", None)
+        read = inputs if callable(inputs) else self.probe.images
         if torch.equal(idx, torch.arange(start, start + n)):
-            images = self.probe.images(start, n)
+            images = read(start, n)
         else:
-            images = torch.cat([self.probe.images(int(i), 1) for i in idx])
+            images = torch.cat([read(int(i), 1) for i in idx])
+        if callable(inputs):
+            if not isinstance(images, torch.Tensor) or images.shape[:1] != (n,):
+                raise ValueError(f"probe set returned inputs of shape "
+                                 f"{list(getattr(images, 'shape', []))}, expected {n} rows")
+            return self.model(images.to(self.device))
         expect = (n, 3, *self.probe.image_size)
         if not isinstance(images, torch.Tensor) or tuple(images.shape) != expect:
             raise ValueError(f"probe set returned images of shape "
