@@ -21,6 +21,7 @@ passes and caches recent images (bounded); a history holds at most :data:`MAX_ST
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import threading
@@ -42,7 +43,7 @@ from ..common.specs import split_spec
 from ..intervention.causal import unit_statistics
 from ..intervention.edit import Edit, intervene, layer_shape
 from .brushes import BrushSet, load_or_build_brushes
-from .serving import LRU, Batcher
+from .serving import CACHE_BYTES, LRU, MAX_BATCH, Batcher, per_sample_edit
 
 Mode = Literal["draw", "remove"]
 MODES: tuple[str, ...] = ("draw", "remove")
@@ -52,10 +53,6 @@ STRENGTHS: tuple[int, ...] = (4, 10, 20)
 MAX_MASK_SIDE = 4096
 #: Most strokes one history holds (active and undone); one more is refused (undo or reset).
 MAX_STROKES = 64
-#: Most images of concurrent requests rendered in one forward pass.
-MAX_BATCH = 16
-#: Rendered images kept for reuse (undo, the image before a stroke, thumbnails): bytes.
-CACHE_BYTES = 32 * 2 ** 20
 
 
 class EmptyStrokeError(ValueError):
@@ -132,18 +129,15 @@ class Stroke:
     strength: int
     mask: np.ndarray = field(repr=False)
 
-    def edit(self, sample: int = 0, batch: int = 1) -> Edit:
-        """The stroke as an :class:`Edit` (replacement 0 when removing); with ``batch`` > 1 it
-        acts on sample ``sample`` only (its mask is 0 on the others, which leaves them exactly
-        as they were)."""
+    def edit(self) -> Edit:
+        """The stroke as an :class:`Edit` (replacement 0 when removing), made once."""
+        return self._edit
+
+    @cached_property
+    def _edit(self) -> Edit:
         rep: Any = 0.0 if self.mode == "remove" else list(self.replacement)
-        mask = torch.from_numpy(self.mask)
-        if batch > 1:
-            if not 0 <= sample < batch:
-                raise ValueError(f"sample {sample} is not in a batch of {batch}")
-            mask = torch.stack([mask if i == sample else torch.zeros_like(mask)
-                                for i in range(batch)])
-        return Edit(self.layer, self.units, alpha=self.alpha, replacement=rep, mask=mask)
+        return Edit(self.layer, self.units, alpha=self.alpha, replacement=rep,
+                    mask=torch.from_numpy(self.mask))
 
     @cached_property
     def key(self) -> bytes:
@@ -363,13 +357,16 @@ class Painter:
     @torch.no_grad()
     def render_batch(self, items: Sequence[tuple[int, Sequence[Stroke]]]) -> torch.Tensor:
         """Images ``[n, 3, H, W]`` in [-1, 1] of ``(seed, strokes)`` items in one forward pass;
-        each item's strokes act on its own sample only. Equal to rendering each item alone up
-        to float rounding (bit for bit on generators whose ops do not depend on the batch)."""
+        each item's strokes act on its own sample only (:func:`~.serving.per_sample_edit`).
+        Equal to rendering each item alone up to the rounding of batched convolutions (bit for
+        bit on generators whose ops do not depend on the batch size)."""
         if not items:
             raise ValueError("nothing to render")
         z = torch.cat([self.latent(seed) for seed, _ in items])
-        edits = [s.edit(i, len(items)) for i, (_, strokes) in enumerate(items) for s in strokes]
-        with self._lock, intervene(self.generator, *edits, check=False):
+        edits = [[s.edit() for s in strokes] for _, strokes in items]
+        layers = list(dict.fromkeys(e.layer for es in edits for e in es))
+        with self._lock, (Trace(self.generator, layers, edit=per_sample_edit(edits),
+                                retain=False) if layers else contextlib.nullcontext()):
             return self.generator(z).detach().cpu()
 
     def _render_images(self, items: list[tuple[int, tuple[Stroke, ...]]]) -> list[np.ndarray]:

@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ..intervention.edit import Edit
+
+#: Most images of concurrent requests a painter renders in one forward pass.
+MAX_BATCH = 16
+#: Rendered images a painter keeps for reuse (undo, the image before a stroke, thumbnails).
+CACHE_BYTES = 32 * 2 ** 20
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -207,6 +215,26 @@ class Batcher(Generic[T, R]):
         for t in batch:
             t.results, t.error = out[start:start + len(t.items)], None
             start += len(t.items)
+
+
+def per_sample_edit(edits: Sequence[Sequence[Edit]]) -> Callable[[str, torch.Tensor],
+                                                                  torch.Tensor]:
+    """A :class:`~gandissect.common.hooks.Trace` edit function that applies ``edits[i]`` (in
+    order, each by :meth:`Edit.apply`, to the edits of the hooked layer) to sample ``i`` alone:
+    every sample is edited exactly as it would be in a batch of its own, at the cost of its
+    own edits only."""
+    def edit(name: str, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[0] != len(edits):
+            raise ValueError(f"{len(edits)} lists of edits for a batch of {output.shape[0]}")
+        parts = []
+        for i, sample_edits in enumerate(edits):
+            x = output[i:i + 1]
+            for e in sample_edits:
+                if e.layer == name:
+                    x = e.apply(x)
+            parts.append(x)
+        return torch.cat(parts)
+    return edit
 
 
 class ImageFiles:
