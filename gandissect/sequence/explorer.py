@@ -118,11 +118,16 @@ class SequenceExplorer:
         t = language.decode(self.tokens[m.sample])
         return t[:m.start] + "⟦" + t[m.start:m.stop] + "⟧" + t[m.stop:]
 
+    def _marked(self, m: Match) -> str:
+        t = language.decode(self.tokens[m.sample])
+        return (html.escape(t[:m.start]) + "<mark>" + html.escape(t[m.start:m.stop])
+                + "</mark>" + html.escape(t[m.stop:]))
+
     def matches_html(self, matches: Sequence[Match]) -> str:
         """An HTML table of matches (sequence, span, text, concepts)."""
         rows = "".join(
             f"<tr class='lv-match'><td>{m.sample}</td><td>{m.start}..{m.stop - 1}</td>"
-            f"<td style='font-family:monospace'>{html.escape(self.match_text(m))}</td>"
+            f"<td style='font-family:monospace'>{self._marked(m)}</td>"
             f"<td>{html.escape(', '.join(m.concepts))}</td></tr>" for m in matches)
         return ("<table id='lv-match-table'><thead><tr><th>sequence</th><th>tokens</th>"
                 "<th>text</th><th>concepts on every token</th></tr></thead>"

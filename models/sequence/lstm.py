@@ -93,16 +93,23 @@ class LSTMStack(nn.Module):
             x = self.views[hname](torch.stack(hs, 2)[:, :, None])[:, :, 0].transpose(1, 2)
         return x
 
-    def fused(self, tokens: torch.Tensor) -> torch.Tensor:
+    def fused(self, tokens: torch.Tensor, keep: list[torch.Tensor] | None = None
+              ) -> torch.Tensor:
         """The top layer's hidden states ``[n, T, hidden]`` by PyTorch's fused LSTM kernel: the
         same function as :meth:`forward` (to float rounding), several times faster to train,
-        but no views, hooks or ``step_edit``."""
+        but no views, hooks or ``step_edit``. ``keep[i]`` (``[hidden]``) multiplies layer
+        ``i``'s hidden state wherever it is read (recurrence, next layer, output): 0 there is
+        the whole-sequence ablation of that unit, so random ``keep`` masks train the model
+        to survive it (unit dropout)."""
         x = self.embed(tokens)
         zero = x.new_zeros(1, tokens.shape[0], self.hidden)
-        for cell in self._cells():
-            params = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        for i, cell in enumerate(self._cells()):
+            w_hh = cell.weight_hh if keep is None else cell.weight_hh * keep[i][None, :]
+            params = [cell.weight_ih, w_hh, cell.bias_ih, cell.bias_hh]
             x = torch.lstm(x, (zero, zero), params, True, 1, 0.0, self.training, False,
                            True)[0]
+            if keep is not None:
+                x = x * keep[i]
         return x
 
 
@@ -128,9 +135,10 @@ class ToySeqLSTM(nn.Module):
                 ) -> torch.Tensor:
         return self.head(self.rnn(tokens, step_edit))
 
-    def fused(self, tokens: torch.Tensor) -> torch.Tensor:
+    def fused(self, tokens: torch.Tensor, keep: list[torch.Tensor] | None = None
+              ) -> torch.Tensor:
         """Logits by the fused kernel (for training; see :meth:`LSTMStack.fused`)."""
-        return self.head(self.rnn.fused(tokens))
+        return self.head(self.rnn.fused(tokens, keep))
 
 
 def load_toyseq_lstm(path: str | Path | None = None, device: str = "cpu",

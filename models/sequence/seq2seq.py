@@ -116,9 +116,14 @@ class ToySeq2Seq(nn.Module):
         logits = self.out(torch.tanh(self.combine(torch.cat([h, ctx], 1))))
         return logits, att, (h, c)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor,
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor | None = None,
                 step_edit: StepEdit | None = None, fused: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without ``tgt_in``, one step from the start token (what a dissection of the
+        encoder runs: ``model(src)``)."""
+        if tgt_in is None:
+            tgt_in = torch.full((src.shape[0], 1), TGT_BOS, dtype=torch.long,
+                                device=src.device)
         enc, state = self.encode(src, step_edit, fused)
         logits, atts = [], []
         for s in range(tgt_in.shape[1]):

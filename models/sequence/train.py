@@ -57,9 +57,14 @@ def train_lstm(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     model = ToySeqLSTM(hidden=args.hidden, layers=args.layers)
     _init(model, args.seed)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    drop = torch.Generator().manual_seed(args.seed + 1)
     for step in range(args.steps):
         toks = torch.from_numpy(batch(TRAIN_SEED, step * args.batch, args.batch, args.length))
-        logits = model.fused(toks)
+        keep = None
+        if args.unit_dropout > 0:           # one mask per batch: whole-sequence unit ablation
+            keep = [(torch.rand(args.hidden, generator=drop) >= args.unit_dropout).float()
+                    / (1 - args.unit_dropout) for _ in range(args.layers)]
+        logits = model.fused(toks, keep)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                toks[:, 1:].reshape(-1))
         opt.zero_grad()
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=1, help="LSTM layers (lstm only)")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--unit-dropout", type=float, default=0.0,
+                   help="lstm: drop each hidden unit for a whole batch with this probability")
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--export", action="store_true", help="write models/weights/toyseq_*")
     p.add_argument("--out", default=None, help="weights folder (default: models/weights)")
