@@ -361,6 +361,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         demo.load(show, [seed, history], outs, **render)
         demo.load(grid, [page], [gallery, page], **render)
     demo.ganpaint_job = job  # for tests and shutdown
+    demo.ganpaint_files = files
     return demo
 
 
