@@ -1,0 +1,162 @@
+"""Benchmark photo inversion and photo edits on held-out rendered Toyworld scenes.
+
+    python benchmarks/inversion.py --n 50 [--no-encoder] [--edits] [--out results/inversion]
+
+Rendered scenes of ``--seed`` (never used to train the generator, the encoder or the brushes)
+play the photos, since their masks are exact. Prints, with ``os.getloadavg()`` beside them:
+
+- reconstruction PSNR after each stage (encoder, optimise, adapt): median, 10th percentile and
+  the share of scenes >= 30 dB;
+- seconds per 64x64 image (wall and process CPU time, median; one torch thread);
+- with ``--edits``, on every scene where tree covers >= 2% of the image: the tree brush's
+  remove stroke over the (dilated) true tree mask, composited into the photo; the share of the
+  tree's pixels (by the segmenter) that are gone, and the mean absolute change (in 1/255 units)
+  of pixels outside the dilated stroke; and on every scene with a grass box free of other
+  things, the tree brush's draw stroke in that box: tree pixels added inside the box.
+
+``--out`` saves a figure (photo, reconstruction per stage, and the edits) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import models  # noqa: E402
+import segmenters  # noqa: E402
+from gandissect.inversion import Inversion, InversionSettings, invert  # noqa: E402
+from models.toyworld.concepts import CONCEPTS  # noqa: E402
+from models.toyworld.render import render_batch  # noqa: E402
+
+
+def _load() -> str:
+    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * r + 1, 1, r)[0, 0].numpy() > 0
+
+
+def _grass_box(masks: np.ndarray, size: int = 16) -> tuple[int, int] | None:
+    """Top-left corner of a ``size`` square that is all grass (none found: None)."""
+    grass = masks[CONCEPTS.index("grass")]
+    s = grass.shape[0]
+    for y in range(s - size, s // 3, -4):
+        for x in range(0, s - size + 1, 4):
+            if grass[y:y + size, x:x + size].all():
+                return y, x
+    return None
+
+
+def _tree_pixels(seg: Any, image: torch.Tensor) -> np.ndarray:
+    labels = seg.segment(image)  # [1, C, H, W] bool
+    return labels[0, seg.label_index("tree")].cpu().numpy().astype(bool)
+
+
+def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
+                strength: int) -> dict[str, float]:
+    """Tree removal and tree drawing on one inverted scene (see the module docstring)."""
+    out: dict[str, float] = {}
+    photo = inv.photo[None]
+    tree = masks[CONCEPTS.index("tree")]
+    if tree.mean() >= 0.02:
+        stroke_px = _dilate(tree, 2)
+        stroke = painter.stroke("tree", "remove", stroke_px, strength=strength)
+        result = inv.composite(inv.render([stroke.edit()]))
+        before = _tree_pixels(seg, photo) & tree
+        after = _tree_pixels(seg, result) & before
+        out["tree_removed"] = 1.0 - after.sum() / max(before.sum(), 1)
+        outside = ~_dilate(stroke_px, 4)
+        diff = (result - photo).abs().mean(dim=1)[0].numpy() * 127.5
+        out["outside_change_255"] = float(diff[outside].mean())
+    box = _grass_box(masks)
+    if box is not None:
+        y, x = box
+        m = np.zeros(tree.shape, dtype=bool)
+        m[y:y + 16, x:x + 16] = True
+        stroke = painter.stroke("tree", "draw", m, strength=strength)
+        result = inv.composite(inv.render([stroke.edit()]))
+        added = _tree_pixels(seg, result) & m & ~_tree_pixels(seg, photo)
+        out["tree_added_in_box"] = float(added.mean() / m.mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=50, help="held-out scenes")
+    p.add_argument("--seed", type=int, default=4242, help="seed of the held-out scenes")
+    p.add_argument("--no-encoder", action="store_true", help="start from seeded latents")
+    p.add_argument("--edits", action="store_true", help="also measure tree remove/draw")
+    p.add_argument("--strength", type=int, default=20, help="units per brush stroke")
+    p.add_argument("--optimize-steps", type=int, default=InversionSettings.optimize_steps)
+    p.add_argument("--adapt-steps", type=int, default=InversionSettings.adapt_steps)
+    p.add_argument("--out", default=None, help="folder for results.json and a figure")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    gen = models.load("toyworld")
+    encoder = None
+    if not args.no_encoder:
+        from models.toyworld_encoder import load_encoder
+
+        encoder = load_encoder()
+    settings = InversionSettings(optimize_steps=args.optimize_steps,
+                                 adapt_steps=args.adapt_steps)
+    painter = seg = None
+    if args.edits:
+        from gandissect.paint.painter import open_painter
+
+        painter = open_painter("toyworld", "toyworld", settings.layer)
+        seg = segmenters.load("toyworld")
+    images, masks = render_batch(args.seed, 0, args.n)
+    rows: list[dict[str, Any]] = []
+    for i in range(args.n):
+        wall, cpu = time.perf_counter(), time.process_time()
+        inv = invert(gen, torch.from_numpy(images[i]), encoder=encoder, settings=settings)
+        row: dict[str, Any] = {"scene": i, **{f"psnr_{k}": v for k, v in inv.psnr.items()},
+                               "wall_s": time.perf_counter() - wall,
+                               "cpu_s": time.process_time() - cpu}
+        if painter is not None:
+            row.update(edit_scores(inv, painter, seg, masks[i], args.strength))
+        rows.append(row)
+        print(f"scene {i}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "scene")
+              + f" ({_load()})", flush=True)
+    summary: dict[str, Any] = {"n": args.n, "seed": args.seed, "encoder": encoder is not None,
+                               "settings": dataclasses.asdict(settings)}
+    for stage in ("encoder", "optimize", "adapt"):
+        vals = [r[f"psnr_{stage}"] for r in rows]
+        summary[f"psnr_{stage}"] = {"median": statistics.median(vals),
+                                    "p10": float(np.percentile(vals, 10)),
+                                    "share_ge_30": float(np.mean([v >= 30 for v in vals]))}
+    for k in ("wall_s", "cpu_s"):
+        summary[k + "_median"] = statistics.median(r[k] for r in rows)
+    for k in ("tree_removed", "outside_change_255", "tree_added_in_box"):
+        vals = [r[k] for r in rows if k in r]
+        if vals:
+            summary[k] = {"scenes": len(vals), "mean": float(np.mean(vals)),
+                          "median": statistics.median(vals)}
+    summary["load_average"] = os.getloadavg()
+    print(json.dumps(summary, indent=1, default=str))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"summary": summary, "rows": rows},
+                                                     indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
