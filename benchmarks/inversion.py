@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 import segmenters  # noqa: E402
-from gandissect.inversion import Inversion, InversionSettings, invert  # noqa: E402
+from gandissect.inversion.invert import Inversion, InversionSettings, invert  # noqa: E402
 from models.toyworld.concepts import CONCEPTS  # noqa: E402
 from models.toyworld.render import render_batch  # noqa: E402
 

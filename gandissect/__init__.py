@@ -58,6 +58,8 @@ from .intervention.ranking import (
     rank_by_iou,
     single_unit_ace,
 )
+from .inversion.invert import Inversion, InversionSettings, invert
+from .inversion.photo import PhotoError, load_photo
 from .paint.brushes import Brush, BrushSet, build_brushes
 from .paint.painter import History, Painter, Stroke
 
@@ -75,4 +77,5 @@ __all__ = [
     "optimize_alpha", "plot_sweep", "random_units", "rank_by_iou", "run_to_layers",
     "save_results", "single_unit_ace", "unit_statistics", "write_report",
     "ProbeModel", "Rotated", "dissect_probe", "random_rotation",
+    "Inversion", "InversionSettings", "PhotoError", "invert", "load_photo",
 ]

@@ -23,11 +23,12 @@ ALLOWED: dict[str, set[str]] = {
     "dissection": {"common"},
     "intervention": {"dissection", "common"},
     "artifacts": {"intervention", "dissection", "common"},
-    "paint": {"intervention", "dissection", "common"},
+    "inversion": {"intervention", "common"},
+    "paint": {"inversion", "intervention", "dissection", "common"},
     "sequence": {"intervention", "dissection", "probes", "common"},
-    "cli": {"artifacts", "paint", "sequence", "intervention", "dissection", "probes",
+    "cli": {"artifacts", "paint", "inversion", "sequence", "intervention", "dissection", "probes",
             "common"},
-    "__init__": {"artifacts", "paint", "intervention", "dissection", "probes", "common"},
+    "__init__": {"artifacts", "paint", "inversion", "intervention", "dissection", "probes", "common"},
     "__main__": {"cli"},
 }
 

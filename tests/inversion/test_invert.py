@@ -10,15 +10,15 @@ import torch
 
 import models
 from gandissect.intervention.edit import ablation
-from gandissect.inversion import (
+from gandissect.inversion.invert import (
     Inversion,
     InversionSettings,
+    _render,
     adaptable_parameters,
     invert,
-    load_photo,
     psnr,
 )
-from gandissect.inversion.invert import _render
+from gandissect.inversion.photo import load_photo
 from models.toyworld.render import render_batch
 
 FAST = InversionSettings(optimize_steps=25, adapt_steps=25, candidates=4)
