@@ -20,9 +20,10 @@ average beside every figure, and the ratio of each to the 1-session figure. The 
 p90 paint <= 1 s with 8 sessions on an idle 2-core machine.
 
 ``--mode memory``: 500 edits across 50 sessions (``--memory-sessions`` x ``--memory-edits``,
-``--sessions`` at a time), twice (new sessions the second time); prints the server's resident
-memory (RSS, from ``/proc``: Linux) and its temporary files before and after each round. The
-bar: RSS bounded (the second round adds little or nothing) and files bounded.
+``--sessions`` at a time), ``--rounds`` times (new sessions each time); prints the server's
+resident memory (RSS, from ``/proc``: Linux) and its temporary files before and after each
+round. The bar: RSS bounded (later rounds add little: the server's caches are capped; they
+fill during the first rounds) and files bounded.
 """
 
 from __future__ import annotations
@@ -286,7 +287,7 @@ def memory(url: str, pid: int | None, args: argparse.Namespace, downloads: Path,
     print(f"memory: server pid {pid}, RSS {rows[0][1] or float('nan'):.1f} MB, "
           f"{rows[0][2]} temporary files ({rows[0][3]:.1f} MB) ({load()})")
     ok = True
-    for r in range(2):
+    for r in range(args.rounds):
         t = drive(url, pid, downloads, args.memory_sessions, args.memory_edits, args.concepts,
                   args.sessions, first=1000 * (r + 1))
         rows.append((f"after round {r + 1}", rss_mb(pid), *folder_files(temp)))
@@ -298,11 +299,12 @@ def memory(url: str, pid: int | None, args: argparse.Namespace, downloads: Path,
               f"{np.percentile(t.by_op['paint'], 50):.3f} s; errors {len(t.errors)}")
         for e in t.errors[:3]:
             print(f"  ERROR {e}")
-    start, mid, end = (row[1] for row in rows)
-    if start is not None and mid is not None and end is not None:
-        print(f"summary: RSS {start:.1f} -> {mid:.1f} -> {end:.1f} MB (+{mid - start:.1f} MB "
-              f"over the first {edits} edits, {end - mid:+.1f} MB over the next {edits}); "
-              f"temporary files {rows[0][2]} -> {rows[1][2]} -> {rows[2][2]} ({load()})")
+    rss = [row[1] for row in rows if row[1] is not None]
+    if len(rss) == len(rows):
+        steps = ", ".join(f"{b - a:+.1f}" for a, b in zip(rss, rss[1:], strict=False))
+        print(f"summary: RSS {' -> '.join(f'{x:.1f}' for x in rss)} MB (per round of {edits} "
+              f"edits: {steps} MB); temporary files {' -> '.join(str(r[2]) for r in rows)} "
+              f"({load()})")
     return ok
 
 
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("latency", "memory", "all"), default="latency")
     parser.add_argument("--memory-sessions", type=int, default=50)
     parser.add_argument("--memory-edits", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="memory rounds")
     parser.add_argument("--server-threads", type=int, default=0,
                         help="OMP_NUM_THREADS of the started server (default: torch's)")
     parser.add_argument("--start-timeout", type=float, default=300.0)

@@ -371,7 +371,7 @@ class Painter:
 
     def _render_images(self, items: list[tuple[int, tuple[Stroke, ...]]]) -> list[np.ndarray]:
         images = to_uint8(self.render_batch(items))
-        return [np.ascontiguousarray(img) for img in images]
+        return [img.copy() for img in images]  # own memory: the cache weighs each alone
 
     def render_many(self, items: Sequence[tuple[int, Sequence[Stroke]]]) -> list[np.ndarray]:
         """uint8 ``[H, W, 3]`` images (read-only) of ``(seed, strokes)`` items. Thread-safe:

@@ -38,8 +38,9 @@ from ..intervention.edit import Edit
 
 #: Most images of concurrent requests a painter renders in one forward pass.
 MAX_BATCH = 16
-#: Rendered images a painter keeps for reuse (undo, the image before a stroke, thumbnails).
-CACHE_BYTES = 32 * 2 ** 20
+#: Bytes of rendered images a painter keeps for reuse (undo, the image before a stroke,
+#: thumbnails): some 680 images of 64 px, a few for each of hundreds of users.
+CACHE_BYTES = 8 * 2 ** 20
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -94,6 +94,7 @@ def test_concurrent_requests_get_their_own_images(gen: Any) -> None:
     assert painter.batcher.batches < len(items)
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert np.array_equal(g, e), f"request {i} got another image"
+    assert not any(np.shares_memory(got[0], g) for g in got[1:])  # the cache weighs each
     # rendered once: asking again is a cache hit (the same, read-only array)
     again = painter.render_many([items[3]])[0]
     assert again is got[3] and not again.flags.writeable
