@@ -374,12 +374,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     """Build and launch the app at once (brushes build in the background); falls back to the
     planted model (said on stderr and in the page) when the default Toyworld GAN's weights are
-    missing."""
+    missing. Torch runs :data:`TORCH_THREADS` threads unless OMP_NUM_THREADS is set."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(TORCH_THREADS)
     chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
     demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
                      fallback=chosen == DEFAULTS)
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(TORCH_THREADS)
     launch_kw.setdefault("state_session_capacity", SESSIONS)
     return demo.queue(default_concurrency_limit=2, max_size=256).launch(
         server_name=args.host, server_port=args.port, **launch_kw)
