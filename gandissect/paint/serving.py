@@ -220,10 +220,10 @@ class Batcher(Generic[T, R]):
 
 def per_sample_edit(edits: Sequence[Sequence[Edit]]) -> Callable[[str, torch.Tensor],
                                                                   torch.Tensor]:
-    """A :class:`~gandissect.common.hooks.Trace` edit function that applies ``edits[i]`` (in
-    order, each by :meth:`Edit.apply`, to the edits of the hooked layer) to sample ``i`` alone:
-    every sample is edited exactly as it would be in a batch of its own, at the cost of its
-    own edits only."""
+    """A :class:`~gandissect.common.hooks.Trace` edit function that applies to sample ``i``
+    alone those of ``edits[i]`` that are on the hooked layer (in order, each by
+    :meth:`Edit.apply`): every sample is edited exactly as in a batch of its own, at the cost
+    of its own edits only."""
     def edit(name: str, output: torch.Tensor) -> torch.Tensor:
         if output.shape[0] != len(edits):
             raise ValueError(f"{len(edits)} lists of edits for a batch of {output.shape[0]}")
