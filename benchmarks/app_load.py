@@ -282,29 +282,39 @@ def latency(url: str, pid: int | None, args: argparse.Namespace, downloads: Path
 
 def memory(url: str, pid: int | None, args: argparse.Namespace, downloads: Path,
            temp: Path | None) -> bool:
+    """``--rounds`` rounds of ``--memory-sessions`` x ``--memory-edits`` edits; the server's
+    RSS and temporary files (those under ``temp``, when known) after each."""
     edits = args.memory_sessions * args.memory_edits
-    rows = [("start", rss_mb(pid), *folder_files(temp))]
-    print(f"memory: server pid {pid}, RSS {rows[0][1] or float('nan'):.1f} MB, "
-          f"{rows[0][2]} temporary files ({rows[0][3]:.1f} MB) ({load()})")
+
+    def state() -> tuple[float | None, str]:
+        mb = rss_mb(pid)
+        count, size = folder_files(temp)
+        files = (f"{count} temporary files ({size:.1f} MB)" if temp is not None
+                 else "temporary files not seen (--url)")
+        return mb, files
+
+    def rss_text(mb: float | None) -> str:
+        return f"{mb:.1f} MB" if mb is not None else "unknown (give --pid)"
+
+    rows = [state()]
+    print(f"memory: server pid {pid}, RSS {rss_text(rows[0][0])}, {rows[0][1]} ({load()})")
     ok = True
     for r in range(args.rounds):
         t = drive(url, pid, downloads, args.memory_sessions, args.memory_edits, args.concepts,
                   args.sessions, first=1000 * (r + 1))
-        rows.append((f"after round {r + 1}", rss_mb(pid), *folder_files(temp)))
+        rows.append(state())
         ok = ok and not t.errors
         print(f"round {r + 1}: {edits} edits across {args.memory_sessions} new sessions "
               f"({args.sessions} at a time) in {t.wall:.1f} s: server RSS "
-              f"{rows[-1][1] or float('nan'):.1f} MB, {rows[-1][2]} temporary files "
-              f"({rows[-1][3]:.1f} MB) ({load()}); paint p50 "
+              f"{rss_text(rows[-1][0])}, {rows[-1][1]} ({load()}); paint p50 "
               f"{np.percentile(t.by_op['paint'], 50):.3f} s; errors {len(t.errors)}")
         for e in t.errors[:3]:
             print(f"  ERROR {e}")
-    rss = [row[1] for row in rows if row[1] is not None]
+    rss = [mb for mb, _ in rows if mb is not None]
     if len(rss) == len(rows):
         steps = ", ".join(f"{b - a:+.1f}" for a, b in zip(rss, rss[1:], strict=False))
         print(f"summary: RSS {' -> '.join(f'{x:.1f}' for x in rss)} MB (per round of {edits} "
-              f"edits: {steps} MB); temporary files {' -> '.join(str(r[2]) for r in rows)} "
-              f"({load()})")
+              f"edits: {steps} MB); {rows[-1][1]} at the end ({load()})")
     return ok
 
 
