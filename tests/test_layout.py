@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "sequence": {"intervention", "dissection", "probes", "common"},
     "cli": {"artifacts", "paint", "inversion", "sequence", "intervention", "dissection", "probes",
             "common"},
-    "__init__": {"artifacts", "paint", "inversion", "intervention", "dissection", "probes", "common"},
+    "__init__": {"artifacts", "paint", "inversion", "intervention", "dissection", "probes",
+                 "common"},
     "__main__": {"cli"},
 }
 
