@@ -12,7 +12,8 @@ play the photos, since their masks are exact. Prints, with ``os.getloadavg()`` b
   remove stroke over the (dilated) true tree mask, composited into the photo; the share of the
   tree's pixels (by the segmenter) that are gone, and the mean absolute change (in 1/255 units)
   of pixels outside the dilated stroke; and on every scene with a grass box free of other
-  things, the tree brush's draw stroke in that box: tree pixels added inside the box.
+  things, the tree brush's draw stroke in that box: tree pixels added inside the box, beside
+  the same stroke's effect on a generator sample (the bar the samples set).
 
 ``--out`` saves a figure (photo, reconstruction per stage, and the edits) and ``results.json``.
 """
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 import segmenters  # noqa: E402
+from gandissect.intervention.edit import intervene  # noqa: E402
 from gandissect.inversion.invert import Inversion, InversionSettings, invert  # noqa: E402
 from models.toyworld.concepts import CONCEPTS  # noqa: E402
 from models.toyworld.render import render_batch  # noqa: E402
@@ -68,7 +70,7 @@ def _tree_pixels(seg: Any, image: torch.Tensor) -> np.ndarray:
 
 
 def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
-                strength: int) -> dict[str, float]:
+                strength: int, sample: torch.Tensor) -> dict[str, float]:
     """Tree removal and tree drawing on one inverted scene (see the module docstring)."""
     out: dict[str, float] = {}
     photo = inv.photo[None]
@@ -92,6 +94,14 @@ def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
         result = inv.composite(inv.render([stroke.edit()]))
         added = _tree_pixels(seg, result) & m & ~_tree_pixels(seg, photo)
         out["tree_added_in_box"] = float(added.mean() / m.mean())
+        # the same stroke on a generator sample: the samples' own bar for this box
+        gen = painter.generator
+        with torch.no_grad(), intervene(gen, stroke.edit()):
+            edited = gen(sample)
+        with torch.no_grad():
+            plain = gen(sample)
+        added = _tree_pixels(seg, edited) & m & ~_tree_pixels(seg, plain)
+        out["sample_tree_added_in_box"] = float(added.mean() / m.mean())
     return out
 
 
@@ -117,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                                  adapt_steps=args.adapt_steps)
     painter = seg = None
     if args.edits:
-        from gandissect.paint.painter import open_painter
+        from gandissect.paint.job import SHIPPED
+        from gandissect.paint.painter import brush_key, open_painter
 
-        painter = open_painter("toyworld", "toyworld", settings.layer)
+        key = brush_key("toyworld", "toyworld", settings.layer, gen, segmenters.load("toyworld"))
+        shipped = (SHIPPED / f"{key}.json").is_file()  # else build (minutes) into the cache
+        painter = open_painter("toyworld", "toyworld", settings.layer,
+                               folder=SHIPPED if shipped else None)
         seg = segmenters.load("toyworld")
     images, masks = render_batch(args.seed, 0, args.n)
     rows: list[dict[str, Any]] = []
@@ -130,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                "wall_s": time.perf_counter() - wall,
                                "cpu_s": time.process_time() - cpu}
         if painter is not None:
-            row.update(edit_scores(inv, painter, seg, masks[i], args.strength))
+            row.update(edit_scores(inv, painter, seg, masks[i], args.strength,
+                                   gen.sample_latents(1, seed=args.seed, start=i)))
         rows.append(row)
         print(f"scene {i}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "scene")
               + f" ({_load()})", flush=True)
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "share_ge_30": float(np.mean([v >= 30 for v in vals]))}
     for k in ("wall_s", "cpu_s"):
         summary[k + "_median"] = statistics.median(r[k] for r in rows)
-    for k in ("tree_removed", "outside_change_255", "tree_added_in_box"):
+    for k in ("tree_removed", "outside_change_255", "tree_added_in_box",
+              "sample_tree_added_in_box"):
         vals = [r[k] for r in rows if k in r]
         if vals:
             summary[k] = {"scenes": len(vals), "mean": float(np.mean(vals)),

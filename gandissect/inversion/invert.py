@@ -82,15 +82,15 @@ class InversionSettings:
 
     layer: str = "layer4"
     #: Adam steps (and learning rate) of the feature optimisation.
-    optimize_steps: int = 300
-    optimize_lr: float = 0.05
+    optimize_steps: int = 150
+    optimize_lr: float = 0.1
     #: Adam steps (and learning rate) of the adaptation; 0 skips it.
-    adapt_steps: int = 300
-    adapt_lr: float = 2e-3
+    adapt_steps: int = 250
+    adapt_lr: float = 5e-3
     #: Weight of the mean squared relative change of the adapted parameters.
-    adapt_penalty: float = 1.0
+    adapt_penalty: float = 0.1
     #: Weight of the perceptual term (mean L1 over the feature maps).
-    perceptual_weight: float = 0.5
+    perceptual_weight: float = 0.2
     #: Latents tried when no encoder is given (the best one by pixel loss starts stage 2).
     candidates: int = 16
     seed: int = 0
