@@ -65,8 +65,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         if args.layer not in results:
             raise ValueError(f"{args.results} holds no layer {args.layer!r}; it has "
                              f"{', '.join(results)}")
-        concepts = args.concept or [c for c in results[args.layer].labels
-                                    if c.startswith("depth>=")]
+        res = results[args.layer]
+        concepts = args.concept or [c for c, cat in zip(res.labels, res.categories,
+                                                        strict=True) if cat == "depth"]
         units = concept_units(results[args.layer], concepts, args.top, args.min_iou)
         if not units:
             raise ValueError(f"no unit of {args.layer} is labelled {concepts} with IoU >= "
@@ -76,12 +77,14 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     probe = SequenceProbe(seed=args.seed, size=args.samples, length=args.length)
     with torch.no_grad():
         study = ablation_study(model, probe.inputs(0, args.samples), args.layer, units,
-                               _span(args.span), args.draws)
+                               _span(args.span), args.draws,
+                               replacement="mean" if args.replace == "mean" else 0.0)
     if args.json:
         print(json.dumps(study.as_dict(), indent=1))
         return 0
     r = study.random
-    print(f"{args.layer} units {', '.join(map(str, study.units))} off over tokens "
+    print(f"{args.layer} units {', '.join(map(str, study.units))} set to "
+          f"{'their mean' if args.replace == 'mean' else '0'} over tokens "
           f"{study.span[0]}..{study.span[1] - 1} of {args.samples} sequences (seed {args.seed})")
     print(f"  bracket-closing accuracy: {study.base:.4f} -> {study.ablated:.4f} "
           f"(drop {100 * study.drop:.1f} points)")
@@ -165,12 +168,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default="c1")
     p.add_argument("--units", default=None, help="comma-separated units (else --results)")
     p.add_argument("--results", default=None, help="a seq-dissect folder: take its units "
-                   "labelled --concept (default: every depth>=k)")
+                   "labelled --concept (default: any depth concept) with IoU >= --min-iou")
     p.add_argument("--concept", action="append", default=None)
     p.add_argument("--top", type=int, default=None, help="at most this many units")
     p.add_argument("--min-iou", type=float, default=0.5)
     p.add_argument("--span", default=None, help="START:STOP tokens (default: all)")
     p.add_argument("--draws", type=int, default=10, help="random unit sets")
+    p.add_argument("--replace", choices=["mean", "zero"], default="mean",
+                   help="what an ablated unit is set to: its mean over the sequences "
+                   "(default) or 0")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_ablate)
 

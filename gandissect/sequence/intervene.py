@@ -6,9 +6,9 @@ one, ``A' = A (1 - alpha m) + r alpha m``. :func:`step_edit` applies it at every
 recurrence (state ``t`` edited before step ``t + 1`` reads it), so the change propagates, which
 hooking the recorded states after the loop would not do.
 
-Bracket-closing accuracy: over the positions followed by a closing bracket, the fraction where
-the model's most likely next token is that bracket (an ideal model scores 1; see
-:mod:`models.sequence.language`).
+Bracket-closing accuracy: over the positions where the language forces a closing bracket next
+(depth ``MAX_DEPTH``), the fraction where the model's most likely next token is that bracket
+(an ideal model scores 1; see :mod:`models.sequence.language`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from models.sequence.lstm import StepEdit
 
 from ..intervention.causal import random_units
 from ..intervention.edit import Coefficient, Edit
+from .dissect import unit_states
 
 
 def check_span(span: tuple[int, int] | None, length: int) -> tuple[int, int]:
@@ -137,24 +138,36 @@ class AblationStudy:
 
 def ablation_study(model: nn.Module, tokens: torch.Tensor, layer: str, units: Sequence[int],
                    span: tuple[int, int] | None = None, draws: int = 10, seed: int = 0,
-                   replacement: Coefficient = 0.0) -> AblationStudy:
+                   replacement: float | str = 0.0) -> AblationStudy:
     """Ablate ``units`` of ``layer`` over ``span`` (default: every token) on ``tokens`` and
     ``draws`` sets of as many random other units (draw ``d`` from ``seed + d``); see
-    :class:`AblationStudy`."""
+    :class:`AblationStudy`. ``replacement``: a value for every unit (0: zero ablation) or
+    ``"mean"``: each unit's own mean over all tokens of ``tokens`` (mean ablation: the unit
+    keeps its average and loses what it says about the token)."""
     T = tokens.shape[1]
     a, b = check_span(span, T)
     scored = torch.zeros(tokens.shape, dtype=torch.bool)
     scored[:, a:] = True
     units = tuple(int(u) for u in units)
     width = _hidden(model)
+    step_edit(model, [span_edit(layer, units, T, (a, b))], T)        # layer and units exist
+    if isinstance(replacement, str):
+        if replacement != "mean":
+            raise ValueError(f"replacement is a number or 'mean', got {replacement!r}")
+        means = torch.from_numpy(unit_states(model, tokens, layer).mean((0, 2)))
+    else:
+        means = torch.full((width,), float(replacement))
 
     def acc(*edits: Edit) -> float:
         return closing_accuracy(edited_logits(model, tokens, *edits), tokens, scored)
 
+    def off(us: tuple[int, ...]) -> float:
+        return acc(span_edit(layer, us, T, (a, b), means[list(us)]))
+
     base = acc()
-    ablated = acc(span_edit(layer, units, T, (a, b), replacement))
+    ablated = off(units)
     picks = [tuple(random_units(width, len(units), units, seed + d)) for d in range(draws)]
-    rand = tuple(acc(span_edit(layer, r, T, (a, b), replacement)) for r in picks)
+    rand = tuple(off(r) for r in picks)
     return AblationStudy(layer, units, (a, b), base, ablated, rand, tuple(picks))
 
 

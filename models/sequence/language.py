@@ -3,10 +3,11 @@
 A sequence is ``length`` tokens: ``^`` (the start) and then a random walk of brackets and
 fillers. At depth 0 the next token opens a bracket (``P_OPEN_AT_0``, type uniform) or is the
 filler ``x``; at depth ``1 .. MAX_DEPTH-1`` it opens (``P_OPEN``, split evenly over the three
-types), closes the innermost open bracket (``P_CLOSE``) or is ``x``; at ``MAX_DEPTH`` it must
-close. So whenever a bracket is open the single most likely next token is the closer of the
-innermost one (``P_CLOSE`` > ``P_FILL`` > ``P_OPEN / 3``): an ideal model predicts every closing
-bracket (bracket-closing accuracy 100%).
+types), closes the innermost open bracket (``P_CLOSE``) or is ``x`` (``P_FILL``, the most likely
+token there); at ``MAX_DEPTH`` it must close. So a closing bracket is the single most likely next
+token exactly at depth ``MAX_DEPTH``, and there it is certain: predicting it needs the depth
+(is it 6 or 5?) and the innermost type. **Bracket-closing accuracy** is measured at those
+forced closings (:func:`closing_targets`); an ideal model scores 100%.
 
 Sequence ``i`` of ``seed`` draws from ``numpy.random.SeedSequence([seed, i])`` alone, so it never
 depends on batching. Annotations describe the state *after* reading token ``t`` (what the hidden
@@ -33,7 +34,7 @@ CLOSERS: tuple[int, ...] = (3, 5, 7)
 TYPES: tuple[str, ...] = ("()", "[]", "{}")
 MAX_DEPTH = 6
 P_OPEN_AT_0 = 0.75
-P_OPEN, P_CLOSE, P_FILL = 0.39, 0.39, 0.22
+P_OPEN, P_CLOSE, P_FILL = 0.30, 0.30, 0.40
 #: Seeds: training data, validation (held out), and the probe set dissections run on.
 TRAIN_SEED, VALID_SEED, PROBE_SEED = 0, 1, 4_000_037
 
@@ -142,9 +143,10 @@ def annotate(tokens: np.ndarray) -> np.ndarray:
 
 
 def closing_targets(tokens: np.ndarray) -> np.ndarray:
-    """``[..., T]`` bool: position ``t`` is followed by a closing bracket (the positions where
-    bracket-closing accuracy is measured; the last position never is)."""
+    """``[..., T]`` bool: after token ``t`` the depth is ``MAX_DEPTH``, so the language forces
+    a closing bracket next (where bracket-closing accuracy is measured; never the last
+    position)."""
     toks = np.asarray(tokens)
-    out = np.zeros(toks.shape, dtype=bool)
-    out[..., :-1] = np.isin(toks[..., 1:], CLOSERS)
+    out = depths(toks) >= MAX_DEPTH
+    out[..., -1] = False
     return out

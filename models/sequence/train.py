@@ -44,7 +44,8 @@ def _init(model: nn.Module, seed: int) -> None:
 
 @torch.no_grad()
 def lstm_metrics(model: ToySeqLSTM, samples: int = 512, length: int = 64) -> dict[str, float]:
-    """Held-out next-token loss and bracket-closing accuracy (argmax = the next closer)."""
+    """Held-out next-token loss and bracket-closing accuracy (at forced closings, the argmax
+    is the closer)."""
     toks = torch.from_numpy(batch(VALID_SEED, 0, samples, length))
     logits = model.fused(toks)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1))

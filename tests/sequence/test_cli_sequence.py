@@ -33,7 +33,8 @@ def test_dissect_then_ablate_its_units(tmp_path: Path, capsys: pytest.CaptureFix
     got = json.loads(capsys.readouterr().out)
     toks = SequenceProbe(size=30, length=32).inputs(0, 30)
     with torch.no_grad():
-        ref = ablation_study(load_toyseq_lstm(), toks, "c1", [best], (4, 32), 2)
+        ref = ablation_study(load_toyseq_lstm(), toks, "c1", [best], (4, 32), 2,
+                             replacement="mean")
     assert got["units"] == [best] and got["span"] == [4, 32]
     assert got["ablated"] == ref.ablated and got["random"] == list(ref.random)
 

@@ -9,6 +9,7 @@ import torch
 
 from gandissect.common.hooks import Trace
 from gandissect.intervention.edit import Edit
+from gandissect.sequence.dissect import unit_states
 from gandissect.sequence.intervene import (
     ablation_study,
     closing_accuracy,
@@ -17,7 +18,7 @@ from gandissect.sequence.intervene import (
     step_edit,
 )
 from gandissect.sequence.probe import SequenceProbe
-from models.sequence.language import CLOSERS
+from models.sequence.language import CLOSERS, MAX_DEPTH, OPENERS
 from models.sequence.lstm import ToySeqLSTM
 
 
@@ -63,22 +64,26 @@ def test_bad_edits_are_refused(tiny_lm: ToySeqLSTM) -> None:
 
 def test_closing_accuracy_against_a_loop() -> None:
     g = torch.Generator().manual_seed(0)
-    probe = SequenceProbe(seed=2, size=30, length=25)
+    probe = SequenceProbe(seed=2, size=30, length=64)
     toks = probe.inputs(0, 30)
-    logits = torch.randn(30, 25, 8, generator=g)
-    logits[:, :-1].scatter_add_(2, toks[:, 1:, None], torch.rand(30, 24, 1, generator=g) * 3)
+    logits = torch.randn(30, 64, 8, generator=g)
+    logits[:, :-1].scatter_add_(2, toks[:, 1:, None], torch.rand(30, 63, 1, generator=g) * 3)
     right = total = 0
     for n in range(30):
-        for t in range(24):
-            if int(toks[n, t + 1]) in CLOSERS:
+        depth = 0
+        for t in range(63):
+            tok = int(toks[n, t])
+            depth += (tok in OPENERS) - (tok in CLOSERS)
+            if depth == MAX_DEPTH:                             # a closer is forced next
+                assert int(toks[n, t + 1]) in CLOSERS
                 total += 1
                 right += int(logits[n, t].argmax()) == int(toks[n, t + 1])
-    assert total > 50
+    assert total > 30
     assert closing_accuracy(logits, toks) == pytest.approx(right / total)
-    late = torch.zeros(30, 25, dtype=torch.bool)
+    late = torch.zeros(30, 64, dtype=torch.bool)
     late[:, 10:] = True
     assert 0 < closing_accuracy(logits, toks, late) <= 1
-    assert np.isnan(closing_accuracy(logits, torch.zeros(30, 25, dtype=torch.long)))
+    assert np.isnan(closing_accuracy(logits, torch.zeros(30, 64, dtype=torch.long)))
 
 
 def test_ablation_study_draws_other_units(tiny_lm: ToySeqLSTM,
@@ -94,3 +99,17 @@ def test_ablation_study_draws_other_units(tiny_lm: ToySeqLSTM,
     assert s.base == closing_accuracy(edited_logits(tiny_lm, toks), toks, scored)
     assert s.drop == s.base - s.ablated
     assert s.as_dict()["random_drop"] == pytest.approx(s.base - float(np.mean(s.random)))
+
+
+def test_mean_ablation_sets_each_unit_to_its_mean(tiny_lm: ToySeqLSTM,
+                                                  small_probe: SequenceProbe) -> None:
+    toks = small_probe.inputs(0, 20)
+    means = torch.from_numpy(unit_states(tiny_lm, toks, "h1").mean((0, 2)))
+    s = ablation_study(tiny_lm, toks, "h1", [3, 7], draws=2, replacement="mean")
+    by_hand = closing_accuracy(edited_logits(tiny_lm, toks, span_edit(
+        "h1", [3, 7], 20, None, means[[3, 7]])), toks)
+    assert s.ablated == by_hand or (np.isnan(s.ablated) and np.isnan(by_hand))
+    inside = states(tiny_lm, toks, span_edit("h1", [3, 7], 20, None, means[[3, 7]]))["h1"]
+    assert torch.allclose(inside[:, [3, 7]], means[[3, 7]][None, :, None].expand(20, 2, 20))
+    with pytest.raises(ValueError, match="'mean'"):
+        ablation_study(tiny_lm, toks, "h1", [3], replacement="median")

@@ -62,7 +62,10 @@ def test_text_round_trip_and_errors() -> None:
     assert L.decode(toks) == "^(x[]{)"
     assert L.depths(toks).tolist() == [0, 1, 1, 2, 1, 2, 1]
     assert L.innermost(toks).tolist() == [-1, 0, 0, 1, 0, 2, 0]
-    assert L.closing_targets(toks).tolist() == [False, False, False, True, False, True, False]
+    assert not L.closing_targets(toks).any()
+    full = L.encode("^(((((()x")                  # depth 6 after token 6: a closer is forced
+    assert L.closing_targets(full).tolist() == [t == 6 for t in range(9)]
+    assert not L.closing_targets(L.encode("^((((((")).any()     # never the last position
     with pytest.raises(ValueError, match="not tokens"):
         L.encode("^(a)")
     with pytest.raises(ValueError, match="length"):
