@@ -29,15 +29,17 @@ def _span(text: str | None) -> tuple[int, int] | None:
 
 
 def _cmd_dissect(args: argparse.Namespace) -> int:
+    from models.sequence.seq2seq import load_toyseq_seq2seq
+
     from ..dissection.report import write_report
     from ..sequence.dissect import dissect_sequences
     from ..sequence.probe import SequenceProbe
 
-    model = _lm(args)
+    model = _lm(args) if args.model == "lstm" else load_toyseq_seq2seq(args.weights)
     probe = SequenceProbe(seed=args.seed, size=args.samples, length=args.length)
     results = dissect_sequences(model, probe, args.layer, quantile=args.quantile, out=args.out,
                                 workers=args.workers, batch_size=args.batch_size,
-                                model_name="toyseq_lstm", segmenter_name="brackets")
+                                model_name=f"toyseq_{args.model}", segmenter_name="brackets")
     write_report(results, args.out)
     for name, r in results.items():
         order = r.best_iou.argsort()[::-1][:args.top]
@@ -146,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from models.sequence.language import PROBE_SEED
 
     def common(p: argparse.ArgumentParser, samples: int) -> None:
-        p.add_argument("--weights", default=None, help="another toyseq_lstm safetensors file")
+        p.add_argument("--weights", default=None, help="another weights file of the model")
         p.add_argument("--samples", type=int, default=samples, help="sequences")
         p.add_argument("--length", type=int, default=64, help="tokens per sequence")
         p.add_argument("--seed", type=int, default=PROBE_SEED, help="the sequences' seed")
@@ -154,6 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("seq-dissect", help="dissect the bracket LSTM's states on "
                               "token concepts (the image engine on 1 x T maps)")
     common(p, 2000)
+    p.add_argument("--model", choices=["lstm", "seq2seq"], default="lstm",
+                   help="the language model, or the encoder of the encoder-decoder")
     p.add_argument("--layer", action="append", default=None, help="h1 or c1 (repeatable)")
     p.add_argument("--quantile", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=64)

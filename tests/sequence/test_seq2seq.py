@@ -14,7 +14,7 @@ from models.sequence.language import VALID_SEED
 from models.sequence.seq2seq import ToySeq2Seq, completion_batch, load_toyseq_seq2seq
 
 #: the encoder unit docs/sequence.md reports (c1, labelled depth>=5)
-UNIT = 58
+UNIT = 59
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,10 @@ def test_attention_points_at_the_bracket_it_closes(model: ToySeq2Seq) -> None:
     assert int(np.argmax(t.attention[0])) == 6              # the last '[' is closed first
     assert int(np.argmax(t.attention[2])) == 1              # then the '(' at token 1
     assert [row[0][0] for row in t.top] == list("]])$")
+    deep = trace(model, "^(([{[(x")
+    assert deep.output == ")]}]))$"
+    assert [int(np.argmax(a)) for a in deep.attention[:6]] == [6, 5, 4, 3, 2, 1]
+    assert trace(model, "^(([{[(x", edits=[span_edit("c1", [UNIT], 8)]).output == ")}]))$"
 
 
 def test_an_encoder_unit_changes_the_output(model: ToySeq2Seq) -> None:
