@@ -14,7 +14,7 @@ depends on batching. Annotations describe the state *after* reading token ``t`` 
 state at ``t`` should know), one boolean mask per concept (:data:`CONCEPTS`).
 
 >>> toks = sequence(seed=0, index=0, length=12)
->>> len(toks), toks[0]
+>>> len(toks), int(toks[0])
 (12, 0)
 >>> decode(encode("^([x])"))
 '^([x])'
