@@ -123,6 +123,17 @@ class SequenceExplorer:
         return (html.escape(t[:m.start]) + "<mark>" + html.escape(t[m.start:m.stop])
                 + "</mark>" + html.escape(t[m.stop:]))
 
+    @staticmethod
+    def tokens_html(text: str, span: tuple[int, int]) -> str:
+        """The text as numbered tokens, the selected ``span`` highlighted (to pick a range)."""
+        cells = "".join(
+            f"<span class='lv-tok{' lv-in' if span[0] <= t < span[1] else ''}' "
+            f"title='token {t}' style='display:inline-block;text-align:center;"
+            f"font-family:monospace;padding:0 2px;"
+            f"{'background:#ffe066;' if span[0] <= t < span[1] else ''}'>"
+            f"{html.escape(c)}<br><small>{t}</small></span>" for t, c in enumerate(text))
+        return f"<div id='lv-token-strip'>{cells}</div>"
+
     def matches_html(self, matches: Sequence[Match]) -> str:
         """An HTML table of matches (sequence, span, text, concepts)."""
         rows = "".join(

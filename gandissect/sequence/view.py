@@ -33,15 +33,16 @@ def build_view(explorer: SequenceExplorer, seq2seq: Any = None, default_units: s
     n = len(explorer.tokens)
 
     def show(sample: float, text: str, layer: str, units_text: str, start: float, stop: float,
-             threshold: float) -> tuple[Any, str, str, str, str, Any]:
+             threshold: float) -> tuple[Any, str, str, str, str, Any, str]:
         try:
             span = (int(start), int(stop))
             found = explorer.select(layer, span, float(threshold), int(sample), text)
             chosen = parse_units(units_text, explorer.width(layer)) or found["units"][:8]
             image = explorer.trace_figure(layer, chosen, int(sample), text, span,
                                           float(threshold))
+            shown, _ = explorer.text_states(layer, int(sample), text)
         except ValueError as exc:
-            return None, _error(exc), "", "", "", gr.update()
+            return None, _error(exc), "", "", "", gr.update(), ""
         units = found["units"]
         top = list(found["precision"].items())[:4]
         summary = (f"{len(units)} units on in tokens {span[0]}..{span[1] - 1} and off around: "
@@ -52,7 +53,8 @@ def build_view(explorer: SequenceExplorer, seq2seq: Any = None, default_units: s
                 explorer.matches_html(found["matches"]),
                 f"traced units: {', '.join(map(str, chosen))}",
                 gr.update(choices=[str(u) for u in units] or
-                          [str(u) for u in range(explorer.width(layer))]))
+                          [str(u) for u in range(explorer.width(layer))]),
+                explorer.tokens_html(shown, span))
 
     def label(layer: str, unit: str | None) -> str:
         if unit in (None, ""):
@@ -81,6 +83,7 @@ def build_view(explorer: SequenceExplorer, seq2seq: Any = None, default_units: s
                 threshold = gr.Slider(-1.0, 1.0, value=default_threshold, step=0.01,
                                       label="threshold", elem_id="lv-threshold")
                 go = gr.Button("Select span", variant="primary", elem_id="lv-select")
+            strip = gr.HTML(elem_id="lv-tokens")
             plot = gr.Image(label="hidden-state traces", elem_id="lv-trace", interactive=False)
             summary = gr.Textbox(label="selection", elem_id="lv-summary", interactive=False)
             selected = gr.Textbox(label="units on in the span, off around it",
@@ -93,7 +96,7 @@ def build_view(explorer: SequenceExplorer, seq2seq: Any = None, default_units: s
                                         interactive=False)
             matches = gr.HTML(elem_id="lv-matches")
             inputs = [sample, text, layer, units, start, stop, threshold]
-            outputs = [plot, summary, selected, matches, traced, unit]
+            outputs = [plot, summary, selected, matches, traced, unit, strip]
             go.click(show, inputs, outputs)
             unit.change(label, [layer, unit], unit_label)
         if seq2seq is not None:

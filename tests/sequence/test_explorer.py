@@ -51,6 +51,8 @@ def test_own_text_and_labels(ex: SequenceExplorer, tiny_lm: ToySeqLSTM) -> None:
                                       f"{r.best_iou[4]:.3f}, threshold "
                                       f"{r.unit_threshold(4):.3f}, q = 0.1)")
     assert "no dissection" in ex.unit_label("h1", 0)
+    strip = ex.tokens_html("^(x)", (1, 3))
+    assert strip.count("class='lv-tok") == 4 and strip.count("lv-in") == 2
     img = ex.trace_figure("c1", [1, 2], sample=0, span=(2, 4), threshold=0.1)
     assert img.ndim == 3 and img.shape[2] == 3 and img.shape[1] > 300
 

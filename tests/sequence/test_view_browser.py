@@ -74,6 +74,7 @@ def test_select_a_span_get_matching_spans(url: str, explorer: SequenceExplorer) 
             summary = page.locator("#lv-summary textarea").input_value()
             selected = page.locator("#lv-selected textarea").input_value()
             assert page.locator("#lv-trace img").count() == 1
+            highlighted = page.locator("#lv-token-strip .lv-in").count()
             unit = found["units"][0]
             page.locator("#lv-unit input").click()
             page.locator("ul[role='listbox'] li", has_text=str(unit)).first.click()
@@ -85,6 +86,7 @@ def test_select_a_span_get_matching_spans(url: str, explorer: SequenceExplorer) 
         finally:
             browser.close()
     assert selected == ", ".join(map(str, found["units"]))
+    assert highlighted == b - a
     assert f"{found['total']} matching spans" in summary
     assert shown == [f"{m.start}..{m.stop - 1}" for m in found["matches"]]
     r = explorer.results["c1"]
