@@ -1,0 +1,44 @@
+"""The bundled Toyworld encoder: shapes, the generator check, and that it beats a blind start."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.toyworld.render import render_batch
+from models.toyworld_encoder import ENCODER_METADATA, ToyworldEncoder, load_encoder
+from models.toyworld_gan import WEIGHTS_DIR
+
+
+def test_shapes_are_checked():
+    enc = ToyworldEncoder()
+    assert enc(torch.zeros(2, 3, 64, 64)).shape == (2, 128)
+    with pytest.raises(ValueError, match=r"\[n, 3, 64, 64\]"):
+        enc(torch.zeros(2, 3, 32, 32))
+
+
+def test_an_encoder_for_other_generator_weights_is_refused(tmp_path):
+    other = tmp_path / "toyworld_gan_g.safetensors"
+    other.write_bytes(b"not the shipped generator")
+    with pytest.raises(ValueError, match="trained for other generator weights"):
+        load_encoder(generator_weights=other)
+    assert isinstance(load_encoder(generator_weights=other, check_generator=False),
+                      ToyworldEncoder)
+    meta = json.loads((WEIGHTS_DIR / ENCODER_METADATA).read_text())
+    assert len(meta["generator_sha256"]) == 64 and "train_toyworld_encoder" in meta["command"]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4 / ((a - b) ** 2).mean(dim=(1, 2, 3))).mean())
+
+
+def test_the_shipped_encoder_starts_closer_than_seeded_latents():
+    gen, enc = models.load("toyworld"), load_encoder()
+    images, _ = render_batch(4242, 100, 8)  # held out: neither the GAN's nor the encoder's
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        encoded = _psnr(gen(enc(x)), x)
+        seeded = _psnr(gen(gen.sample_latents(8, seed=0)), x)
+    assert np.isfinite(encoded) and encoded > seeded + 1.0
