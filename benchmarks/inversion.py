@@ -127,13 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                                  adapt_steps=args.adapt_steps)
     painter = seg = None
     if args.edits:
-        from gandissect.paint.job import SHIPPED
-        from gandissect.paint.painter import brush_key, open_painter
+        from gandissect.paint.painter import open_painter
 
-        key = brush_key("toyworld", "toyworld", settings.layer, gen, segmenters.load("toyworld"))
-        shipped = (SHIPPED / f"{key}.json").is_file()  # else build (minutes) into the cache
-        painter = open_painter("toyworld", "toyworld", settings.layer,
-                               folder=SHIPPED if shipped else None)
+        painter = open_painter("toyworld", "toyworld", settings.layer)  # the shipped brushes
         seg = segmenters.load("toyworld")
     images, masks = render_batch(args.seed, 0, args.n)
     rows: list[dict[str, Any]] = []

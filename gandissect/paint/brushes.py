@@ -246,6 +246,26 @@ def _ablations(generator: Any, segmenter: Any, layer: str, parts: list[list[int]
             yield i, measured
 
 
+#: Brush files shipped with the package for the bundled models (used when their weights match).
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def shipped_brushes(generator: Any, segmenter: Any, layer: str, key: str,
+                    folder: Path | None = SHIPPED) -> BrushSet | None:
+    """The brushes shipped as ``folder/<key>.json`` when that file exists and passes
+    :meth:`BrushSet.check` against these models (a file that fails warns); else ``None``."""
+    path = folder / f"{key}.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        brushes = BrushSet.from_json(path.read_text())
+        brushes.check(layer, layer_shape(generator, layer), fingerprint(generator, segmenter))
+    except (OSError, ValueError) as e:
+        warnings.warn(f"shipped brushes {path} not usable ({e}); using the cache", stacklevel=2)
+        return None
+    return brushes
+
+
 def cache_dir() -> Path:
     """Brush cache folder: ``$GANDISSECT_CACHE/brushes`` or ``~/.cache/gandissect/brushes``."""
     root = os.environ.get("GANDISSECT_CACHE") or Path.home() / ".cache" / "gandissect"

@@ -14,7 +14,6 @@ import copy
 import re
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,13 @@ from typing import Any
 
 from ..common.fingerprint import fingerprint
 from ..dissection.folder import atomic_write_bytes
-from ..intervention.edit import layer_shape
-from .brushes import BrushSet, cache_dir, load_or_build_brushes
+from .brushes import SHIPPED, BrushSet, cache_dir, load_or_build_brushes, shipped_brushes
 from .effects import BrushEffect, effects_from_json, effects_to_json, measure_effects
 from .painter import STRENGTHS, Painter, brush_key, load_models
 
 #: Seconds an unfinished job gets at interpreter exit to reach its next progress message.
 EXIT_WAIT_SECONDS = 120.0
 
-#: Brush files shipped with the package for the bundled models (used when their weights match).
-SHIPPED = Path(__file__).resolve().parent / "shipped"
 
 # where in the build a progress message puts us (build_brushes' messages), as fractions
 _ABLATIONS = re.compile(r"units (\d+)-(\d+) of (\d+)")
@@ -196,8 +192,9 @@ class PainterJob:
             key = brush_key(self.model, self.segmenter, self.layer, gen, seg, **self.build)
             # the build hooks its own copies: never the generator that renders for users
             work_gen, work_seg = copy.deepcopy(gen), copy.deepcopy(seg)
-            brushes = self._shipped(key, work_gen, work_seg) or load_or_build_brushes(
-                work_gen, work_seg, self.layer, key, self.folder, self._say, **self.build)
+            brushes = shipped_brushes(work_gen, work_seg, self.layer, key, self.shipped) or \
+                load_or_build_brushes(work_gen, work_seg, self.layer, key, self.folder,
+                                      self._say, **self.build)
             if not brushes.brushes:
                 raise ValueError(f"no concept has causal units in layer {self.layer!r} of "
                                  f"{self.model!r}; pick another --layer")
@@ -214,19 +211,6 @@ class PainterJob:
         finally:
             self._models_ready.set()
             self._done.set()
-
-    def _shipped(self, key: str, gen: Any, seg: Any) -> BrushSet | None:
-        path = self.shipped / f"{key}.json" if self.shipped is not None else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            brushes = BrushSet.from_json(path.read_text())
-            brushes.check(self.layer, layer_shape(gen, self.layer), fingerprint(gen, seg))
-        except (OSError, ValueError) as e:
-            warnings.warn(f"shipped brushes {path} not usable ({e}); using the cache",
-                          stacklevel=2)
-            return None
-        return brushes
 
     def _effects(self, key: str, brushes: BrushSet, gen: Any, seg: Any
                  ) -> dict[tuple[str, str, int], BrushEffect]:

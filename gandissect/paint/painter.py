@@ -42,7 +42,7 @@ from ..common.imaging import to_uint8
 from ..common.specs import split_spec
 from ..intervention.causal import unit_statistics
 from ..intervention.edit import Edit, intervene, layer_shape
-from .brushes import BrushSet, load_or_build_brushes
+from .brushes import BrushSet, load_or_build_brushes, shipped_brushes
 from .serving import CACHE_BYTES, LRU, MAX_BATCH, Batcher, per_sample_edit
 
 Mode = Literal["draw", "remove"]
@@ -486,12 +486,14 @@ def open_painter(model: str, segmenter: str, layer: str, folder: str | Path | No
                  **build: Any) -> Painter:
     """Load ``model`` and ``segmenter`` by registry name and return a :class:`Painter` for
     ``layer``; brushes are cached in ``folder`` (default
-    :func:`gandissect.paint.brushes.cache_dir`) under :func:`brush_key` ``.json``.
+    :func:`gandissect.paint.brushes.cache_dir`) under :func:`brush_key` ``.json``; without
+    ``folder``, brushes shipped for the bundled models are used when they match.
     ``model`` and ``segmenter`` may be ``NAME:PATH`` (a local checkpoint, folder or hub id, as
     on the command line); ``trust_pickle`` reaches the loaders that read checkpoint files. A
     missing weights file raises FileNotFoundError that names the planted fallback. (The app
     builds in the background instead: :mod:`gandissect.paint.job`.)"""
     gen, seg = load_models(model, segmenter, layer, trust_pickle)
     key = brush_key(model, segmenter, layer, gen, seg, **build)
-    brushes = load_or_build_brushes(gen, seg, layer, key, folder, progress, **build)
+    brushes = (shipped_brushes(gen, seg, layer, key) if folder is None else None) or \
+        load_or_build_brushes(gen, seg, layer, key, folder, progress, **build)
     return Painter(gen, brushes, name=split_spec(model)[0], segmenter=seg)

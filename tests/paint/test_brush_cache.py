@@ -183,3 +183,34 @@ def test_cache_dir_that_cannot_exist_fails_before_building(
     assert str(blocker / "brushes") in str(e.value) and "Nothing was built" in str(e.value)
     with pytest.raises(BrushCacheError, match="give a writable folder"):
         load_or_build_brushes(gen, seg, "layout", KEY, blocker / "sub")
+
+
+def test_open_painter_uses_the_shipped_brushes_of_the_bundled_gan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No folder given: the shipped layer4 brushes of the bundled Toyworld GAN are used as they
+    are (nothing is built or written to the cache); a damaged shipped file warns and falls back
+    to the cache."""
+    from gandissect.paint.brushes import SHIPPED
+
+    monkeypatch.setenv("GANDISSECT_CACHE", str(tmp_path))
+    monkeypatch.setattr(brushes_mod, "build_brushes",
+                        lambda *a, **k: pytest.fail("built brushes instead of the shipped ones"))
+    painter = open_painter("toyworld", "toyworld", "layer4")
+    shipped = [p for p in SHIPPED.glob("toyworld-toyworld-layer4-*.json")
+               if "-effects-" not in p.name]
+    assert len(shipped) == 1
+    assert painter.brushes.to_json() == BrushSet.from_json(shipped[0].read_text()).to_json()
+    assert not any(tmp_path.rglob("*.json"))
+    broken = tmp_path / "shipped"
+    broken.mkdir()
+    (broken / shipped[0].name).write_text("{not json")
+    from gandissect.paint import painter as painter_mod
+
+    def build(*args: Any, **kwargs: Any) -> BrushSet:
+        raise RuntimeError("built")
+
+    monkeypatch.setattr(brushes_mod, "build_brushes", build)
+    monkeypatch.setattr(painter_mod, "shipped_brushes",
+                        lambda *a: brushes_mod.shipped_brushes(*a[:4], folder=broken))
+    with pytest.warns(UserWarning, match="not usable"), pytest.raises(RuntimeError, match="built"):
+        open_painter("toyworld", "toyworld", "layer4")
