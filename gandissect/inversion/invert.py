@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -138,13 +139,18 @@ class Inversion:
         differs from the unedited reconstruction by more than ``tolerance`` in some channel
         (in [0, 1] units; the change mask is dilated by ``dilate`` pixels and feathered by
         one), the photo elsewhere. Returns ``[1, 3, R, R]`` in [-1, 1]."""
-        base = self.render()
+        base = self.reconstruction
         change = ((edited - base).abs().amax(dim=1, keepdim=True) / 2.0 > tolerance).float()
         if dilate > 0:
             change = F.max_pool2d(change, 2 * dilate + 1, 1, dilate)
         soft = F.avg_pool2d(F.pad(change, (1, 1, 1, 1), mode="replicate"), 3, 1)
         soft = torch.maximum(soft, change)
         return self.photo[None] * (1 - soft) + edited * soft
+
+    @cached_property
+    def reconstruction(self) -> torch.Tensor:
+        """``render()`` without edits, computed once (the inversion never changes)."""
+        return self.render()
 
     def state_nbytes(self) -> int:
         """Bytes held by this inversion beyond the shared generator (adapted tensors)."""
