@@ -8,7 +8,11 @@ an image (by seed, at random, or from a grid), a concept brush, draw or remove, 
 many of the concept's causal units) and intensity, paint over the image and press "Apply
 stroke"; each brush's measured effect is shown, and brushes without one say so. Every stroke
 is listed; undo, redo, reset. The expert panel paints with hand-picked units of any layer and
-shows a unit's feature map.
+shows a unit's feature map. *Upload a photo* (PNG or JPEG, any size: centre-cropped and resized
+as :func:`gandissect.load_photo` documents) inverts it into the generator (a progress bar; about
+half a minute on a CPU), shows the reconstruction beside the photo with its error (PSNR), and
+then the photo is painted like a sample: same brushes, strokes, undo and download, and only the
+painted area changes (:mod:`gandissect.paint.photo`).
 
 The app is a thin layer over :mod:`gandissect.paint` (brushes, strokes, history, rendering, the
 background build in :mod:`~gandissect.paint.job`, the paint canvas in
@@ -23,7 +27,11 @@ passes (a stroke needs one image: the image before it comes from the painter's b
 Gradio's own batched events (``batch=True``) are not used: they run a whole batch in the first
 event's session, so ``gr.State`` would mix sessions. Images reach the browser as data URLs or
 as PNG files in Gradio's cache folder, one per content hash, never rewritten, at most
-:data:`MAX_FILES` of them (the least recently sent are removed).
+:data:`MAX_FILES` of them (the least recently sent are removed). Inverted photos are kept in a
+:class:`~gandissect.paint.photo.PhotoStore` bounded in bytes (``PHOTO_BYTES``), one per session
+(a new upload or image replaces it; a closed session drops it); a session whose photo was
+dropped is told to upload it again. At most :data:`INVERSION_SLOTS` inversions run at once;
+uploaded files are deleted once read, and uploads over :data:`UPLOAD_LIMIT` bytes are refused.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import itertools
 import os
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -42,6 +51,8 @@ import numpy as np
 import torch
 
 from gandissect.cli.app import add_arguments
+from gandissect.inversion.invert import InversionSettings
+from gandissect.inversion.photo import MAX_BYTES, PhotoError
 from gandissect.paint import canvas as cv
 from gandissect.paint.effects import best_default
 from gandissect.paint.job import PainterJob
@@ -53,6 +64,7 @@ from gandissect.paint.painter import (
     Stroke,
     upscale,
 )
+from gandissect.paint.photo import Photo, PhotoStore, invert_photo, photo_encoder
 from gandissect.paint.serving import ImageFiles
 
 #: Display scale of the 64 px result image (nearest neighbour).
@@ -74,6 +86,11 @@ SESSIONS = 1000
 #: Torch threads of a launched app unless OMP_NUM_THREADS is set: renders are batched, and on
 #: a busy 2-core machine two threads made one forward pass 13x slower (832 vs 65 ms).
 TORCH_THREADS = 1
+#: Photo inversions that run at once (each keeps a core busy for half a minute).
+INVERSION_SLOTS = 1
+#: Largest upload the server accepts (bytes); photos over ``MAX_BYTES`` are refused with a
+#: message, larger uploads by Gradio before they are stored.
+UPLOAD_LIMIT = 2 * MAX_BYTES
 DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
 FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 _ROW = "display:flex;gap:10px;align-items:center;flex-wrap:wrap"
@@ -121,17 +138,22 @@ def build_status(job: PainterJob) -> str:
 
 def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer4",
               painter: Painter | None = None, job: PainterJob | None = None,
-              fallback: bool = False, **build: Any) -> Any:
+              fallback: bool = False, inversion: InversionSettings | None = None,
+              photos: PhotoStore | None = None, **build: Any) -> Any:
     """The Gradio Blocks of GANPaint (not launched). The brushes come from ``painter``, a
     started or not yet started ``job``, or a background :class:`PainterJob` for ``model``,
     ``segmenter`` and ``layer`` (``build`` goes to the brush build; ``fallback``: use the
-    planted model when the model's weights are missing). The page never waits for them."""
+    planted model when the model's weights are missing). The page never waits for them.
+    Uploaded photos are inverted with ``inversion`` (default :class:`InversionSettings`; its
+    layer is the painter's) and kept in ``photos`` (default: a new :class:`PhotoStore`)."""
     if job is None:
         job = (PainterJob.for_painter(painter) if painter is not None else
                PainterJob(model, segmenter, layer,
                           fallback=tuple(FALLBACK.values()) if fallback else None, **build))
     job.start()
     seq = itertools.count()
+    photos = photos if photos is not None else PhotoStore()
+    encoders: dict[str, Any] = {}
 
     def models() -> Painter:
         return job.wait_models(120.0)
@@ -145,25 +167,44 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                              if st.state != "failed" else f"no brushes: {st.message}")
         return p
 
-    def outputs(seed: float, history: History, status: str, clear: str,
-                image: np.ndarray | None = None) -> tuple[Any, ...]:
-        if image is None:
-            image = models().render(int(seed), history.active)  # batched with other sessions
-        return (files.path(upscale(image, SCALE)), cv.canvas_value(image, clear, next(seq)),
-                history, history.rows(), status)
+    def current(seed: float, token: str) -> int | Photo:
+        """The session's image: its photo while it has one, else the sample ``seed``."""
+        if token:
+            photo = photos.get(token)
+            if photo is not None:
+                return photo
+        return int(seed or 0)
 
-    def show(seed: float | None, history: History) -> tuple[Any, ...]:
+    def outputs(seed: float, history: History, status: str, clear: str,
+                image: np.ndarray | None = None, token: str = "") -> tuple[Any, ...]:
+        if image is None:  # batched with other sessions
+            image = models().render(current(seed, token), history.active)
+        return (files.path(upscale(image, SCALE)), cv.canvas_value(image, clear, next(seq)),
+                history, history.rows(), status, token)
+
+    def gone(seed: float, token: str) -> tuple[Any, ...] | None:
+        """When the session's photo was dropped (the server keeps a bounded number): say so and
+        show the sample ``seed`` instead; None while the photo is there (or there is none)."""
+        if not token or token in photos:
+            return None
+        msg = ("this photo was dropped from the server's memory (it keeps the most recently "
+               f"used {len(photos)} photos): upload it again; showing image {int(seed or 0)}")
+        gr.Warning(msg[0].upper() + msg[1:] + ".")
+        return outputs(seed, History(), msg, "all")
+
+    def show(seed: float | None, history: History, token: str = "") -> tuple[Any, ...]:
         if seed is None or seed < 0 or seed != int(seed):
             raise gr.Error("the image number (seed) must be a whole number >= 0")
+        photos.drop(token)  # a sample replaces the session's photo
         return outputs(seed, history, f"image {int(seed)}: {len(history.active)} stroke(s)",
                        "all")
 
-    def new_image(seed: float | None, history: History) -> tuple[Any, ...]:
-        return show(seed, History())
+    def new_image(seed: float | None, history: History, token: str) -> tuple[Any, ...]:
+        return show(seed, History(), token)
 
-    def random_image(history: History) -> tuple[Any, ...]:
+    def random_image(history: History, token: str) -> tuple[Any, ...]:
         seed = random.randrange(100_000)
-        return (seed, *show(seed, History()))
+        return (seed, *show(seed, History(), token))
 
     def grid(page: float | None) -> tuple[Any, ...]:
         page = max(0, int(page or 0))
@@ -175,38 +216,42 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
     def next_grid(page: float | None) -> tuple[Any, ...]:
         return grid(int(page or 0) + 1)
 
-    def pick(page: float | None, evt: gr.SelectData) -> tuple[Any, ...]:
+    def pick(page: float | None, token: str, evt: gr.SelectData) -> tuple[Any, ...]:
         chosen = grid_seed(int(page or 0), int(evt.index))
-        return (chosen, *show(chosen, History()))
+        return (chosen, *show(chosen, History(), token))
 
-    def add(seed: float | None, history: History, make: Any, note: str = "") -> tuple[Any, ...]:
-        if seed is None or seed < 0:
+    def add(seed: float | None, history: History, token: str, make: Any,
+            note: str = "") -> tuple[Any, ...]:
+        if (out := gone(seed or 0, token)) is not None:
+            return out
+        if not token and (seed is None or seed < 0):
             gr.Warning("Pick an image first (seed >= 0).")
             return outputs(0, history, "not applied: no image", "none")
+        seed = seed or 0
         if history.full:
             msg = f"at most {history.limit} strokes per image: undo or reset to paint more"
             gr.Warning(msg.capitalize() + ".")
-            return outputs(seed, history, f"not applied: {msg}", "none")
+            return outputs(seed, history, f"not applied: {msg}", "none", token=token)
         try:
             stroke: Stroke = make()
         except EmptyStrokeError:
             gr.Warning("Empty stroke: paint over the image first, then Apply.")
-            return outputs(seed, history, "empty stroke: image unchanged", "taken")
+            return outputs(seed, history, "empty stroke: image unchanged", "taken", token=token)
         except ValueError as exc:
             gr.Warning(str(exc))
-            return outputs(seed, history, f"not applied: {exc}", "none")
+            return outputs(seed, history, f"not applied: {exc}", "none", token=token)
         new = history.push(stroke)
         # the image before is normally cached (this session's last event rendered it)
-        before, after = models().render_many([(int(seed), history.active),
-                                              (int(seed), new.active)])
+        image = current(seed, token)
+        before, after = models().render_many([(image, history.active), (image, new.active)])
         out = outputs(seed, new, f"stroke {len(new.active)}: {stroke.mode} "
                       f"{stroke.label} ({stroke.layer}) with units "
-                      f"{', '.join(map(str, stroke.units))}", "taken", after)
+                      f"{', '.join(map(str, stroke.units))}", "taken", after, token)
         if np.array_equal(before, after):
             gr.Warning("The stroke changed no pixel here. " + note)
-            out = (*out[:4], out[4] + " - no visible change here. " + note)
+            out = (*out[:4], out[4] + " - no visible change here. " + note, token)
         elif note:
-            out = (*out[:4], out[4] + " - " + note)
+            out = (*out[:4], out[4] + " - " + note, token)
         return out
 
     def effect_note(concept: str | None, mode: str, strength: float) -> str:
@@ -217,24 +262,81 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                 ("" if e.acts else ". Try another concept, mode, strength or --layer."))
 
     def paint(mask: str | None, seed: float, concept: str | None, mode: str, strength: float,
-              alpha: float, history: History) -> tuple[Any, ...]:
+              alpha: float, history: History, token: str) -> tuple[Any, ...]:
         def make() -> Stroke:
             p = brushes_ready(API_WAIT)
             if not concept:
                 raise ValueError("pick a concept brush first")
             return p.stroke(concept, mode, cv.decode_mask(mask), int(strength), float(alpha))
-        return add(seed, history, make, effect_note(concept, mode, strength))
+        return add(seed, history, token, make, effect_note(concept, mode, strength))
 
     def paint_units(mask: str | None, seed: float, layer_name: str, units: str, mode: str,
-                    alpha: float, history: History) -> tuple[Any, ...]:
-        return add(seed, history, lambda: models().unit_stroke(
+                    alpha: float, history: History, token: str) -> tuple[Any, ...]:
+        return add(seed, history, token, lambda: models().unit_stroke(
             layer_name, units, mode, cv.decode_mask(mask), float(alpha)))
 
-    def step(seed: float, history: History, how: str) -> tuple[Any, ...]:
+    def step(seed: float, history: History, token: str, how: str) -> tuple[Any, ...]:
+        if (out := gone(seed, token)) is not None:
+            return out
         new = {"undo": history.undo, "redo": history.redo, "reset": history.reset}[how]()
-        return outputs(seed, new, f"{how}: {len(new.active)} stroke(s) active", "none")
+        return outputs(seed, new, f"{how}: {len(new.active)} stroke(s) active", "none",
+                       token=token)
 
-    def feature(seed: float, layer_name: str, unit: float, history: History) -> Any:
+    def encoder() -> Any:
+        if job.model not in encoders:  # once per model (the job may fall back to another)
+            encoders[job.model] = photo_encoder(job.model)
+        return encoders[job.model]
+
+    def upload(path: str | None, seed: float, token: str,
+               progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        """Invert an uploaded photo; it becomes the session's image (history reset)."""
+        keep = (gr.update(),) * 6
+        if not path:
+            return (*keep, gr.update(), gr.update(), gr.update(), None)
+        name = Path(path).name
+        total = max(1, (inversion or InversionSettings()).optimize_steps +
+                    (inversion or InversionSettings()).adapt_steps)
+        done = {"optimize": 0, "adapt": 0}
+
+        def report(stage: str, step: int, steps: int) -> None:
+            done[stage] = step
+            if step == steps or step % 5 == 0:
+                progress((done["optimize"] + done["adapt"], total),
+                         desc=f"inverting the photo: {stage} step {step} of {steps}")
+
+        try:
+            progress(0.0, desc="reading the photo")
+            photo = invert_photo(models(), path, inversion, encoder(), report, name)
+        except (PhotoError, ValueError, FloatingPointError) as exc:
+            gr.Warning(f"Photo not used: {exc}")
+            return (*keep, gr.update(), gr.update(),
+                    f"**Photo not used:** {html.escape(str(exc))}", None)
+        finally:
+            discard(path)
+        photos.drop(token)
+        new = photos.add(photo)
+        info = f"Photo **{html.escape(name)}**: {photo.describe()}. Paint on it as on a sample."
+        out = outputs(seed, History(), f"photo {name}: {photo.describe()}", "all",
+                      photo.image, new)
+        return (*out, files.path(upscale(photo.image, SCALE)),
+                files.path(upscale(photo.reconstruction, SCALE)), info, None)
+
+    def discard(path: str) -> None:
+        """Delete an uploaded file once read (only inside Gradio's upload folder)."""
+        try:
+            f = Path(path).resolve()
+            if f.is_relative_to(Path(demo.GRADIO_CACHE).resolve()) and \
+                    not f.is_relative_to(files.folder.resolve()):
+                f.unlink(missing_ok=True)
+                forget(demo, path)
+        except OSError:
+            pass
+
+    def feature(seed: float, layer_name: str, unit: float, history: History,
+                token: str) -> Any:
+        if token:
+            gr.Warning("Feature maps are shown for generated images (seeds), not for photos.")
+            return None
         try:
             return files.path(models().feature_map(int(seed), int(unit), layer_name,
                                                    history.active, scale=SCALE))
@@ -278,6 +380,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         atexit.register(files.close)
         history = gr.State(History())
         enabled = gr.State(False)
+        photo_token = gr.State("", delete_callback=photos.drop)  # "" while showing a sample
         gr.Markdown(f"# GANPaint\nModel **{title}**, layer **{job.layer}**. Paint over the "
                     "image on the left (the brush follows the mouse), then *Apply stroke*.")
         status_html = gr.HTML(build_status(job), elem_id="build-status")
@@ -311,6 +414,20 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
             redo = gr.Button("Redo edit", elem_id="redo-edit", min_width=100)
             reset = gr.Button("Reset edits", elem_id="reset-edits", min_width=100)
         status = gr.Textbox(label="status", interactive=False, elem_id="paint-status")
+        with gr.Accordion("Upload a photo", open=True):
+            gr.Markdown("A PNG or JPEG of any size (up to 20 MB): centre-cropped to a square "
+                        "and resized to the generator's resolution. It is inverted into the "
+                        "generator (about half a minute), then painted like a sample; only "
+                        "the painted area changes.")
+            with gr.Row(equal_height=False):
+                upload_box = gr.File(label="photo (PNG or JPEG)", type="filepath",
+                                     elem_id="photo-upload", min_width=200)
+                photo_view = gr.Image(type="filepath", label="photo (as used)",
+                                      interactive=False, elem_id="photo-view", min_width=160)
+                recon_view = gr.Image(type="filepath", label="reconstruction",
+                                      interactive=False, elem_id="photo-reconstruction",
+                                      min_width=160)
+            photo_info = gr.Markdown("", elem_id="photo-info")
         with gr.Accordion("Pick an image from a grid", open=False):
             page = gr.Number(value=0, precision=0, minimum=0, label="grid page")
             gallery = gr.Gallery(label=f"click an image to paint on it ({GRID} per page)",
@@ -333,7 +450,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                 show_map = gr.Button("Show feature map")
                 heat = gr.Image(type="filepath", label="feature map", interactive=False)
 
-        outs = [result, canvas, history, table, status]
+        outs = [result, canvas, history, table, status, photo_token]
         timer.tick(tick, [enabled], [status_html, concept, mode, strength, apply, apply_units,
                                      layer_box,
                                      effect, effects, enabled, timer], show_progress="hidden",
@@ -343,25 +460,33 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
                           show_progress="hidden")
         # rendering events share one pool of slots; their renders share forward passes
         render: dict[str, Any] = {"concurrency_id": "render", "concurrency_limit": RENDER_SLOTS}
-        seed.submit(new_image, [seed, history], outs, api_name="image", **render)
-        rand.click(random_image, [history], [seed, *outs], api_name="random", **render)
-        apply.click(paint, [mask_box, seed, concept, mode, strength, alpha, history], outs,
+        seed.submit(new_image, [seed, history, photo_token], outs, api_name="image", **render)
+        rand.click(random_image, [history, photo_token], [seed, *outs], api_name="random",
+                   **render)
+        apply.click(paint, [mask_box, seed, concept, mode, strength, alpha, history,
+                            photo_token], outs,
                     api_name="paint", js=cv.TAKE_MASK_JS, show_progress="minimal", **render)
         apply_units.click(paint_units, [mask_box, seed, layer_box, units_box, unit_mode, alpha,
-                                        history], outs, api_name="paint_units",
+                                        history, photo_token], outs, api_name="paint_units",
                           js=cv.TAKE_MASK_JS, **render)
         for button, how in ((undo, "undo"), (redo, "redo"), (reset, "reset")):
-            button.click(lambda s, h, how=how: step(s, h, how), [seed, history], outs,
+            button.click(lambda s, h, t, how=how: step(s, h, t, how), [seed, history,
+                                                                       photo_token], outs,
                          api_name=how, **render)
-        show_map.click(feature, [seed, layer_box, unit_num, history], heat,
+        show_map.click(feature, [seed, layer_box, unit_num, history, photo_token], heat,
                        api_name="feature_map")
+        upload_box.upload(upload, [upload_box, seed, photo_token],
+                          [*outs, photo_view, recon_view, photo_info, upload_box],
+                          api_name="upload_photo", concurrency_id="invert",
+                          concurrency_limit=INVERSION_SLOTS)
         page.submit(grid, [page], [gallery, page], api_name="grid", **render)
         more.click(next_grid, [page], [gallery, page], api_name="next_grid", **render)
-        gallery.select(pick, [page], [seed, *outs], **render)
+        gallery.select(pick, [page, photo_token], [seed, *outs], **render)
         demo.load(show, [seed, history], outs, **render)
         demo.load(grid, [page], [gallery, page], **render)
     demo.ganpaint_job = job  # for tests and shutdown
     demo.ganpaint_files = files
+    demo.ganpaint_photos = photos
     return demo
 
 
@@ -381,6 +506,7 @@ def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
                      fallback=chosen == DEFAULTS)
     launch_kw.setdefault("state_session_capacity", SESSIONS)
+    launch_kw.setdefault("max_file_size", UPLOAD_LIMIT)
     return demo.queue(default_concurrency_limit=2, max_size=256).launch(
         server_name=args.host, server_port=args.port, **launch_kw)
 

@@ -19,10 +19,12 @@ edit did not change from the photo itself.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -173,7 +175,7 @@ def _private_copy(generator: nn.Module, adapt: Sequence[str]) -> nn.Module:
     """A copy of ``generator`` in eval mode whose parameters named in ``adapt`` are its own
     (cloned, trainable); its other parameters are frozen views of the original tensors (same
     storage, so no memory is spent, and the original's flags and gradients are untouched) and
-    its buffers are the original buffers."""
+    its buffers are the original buffers. The copy has no hooks."""
     memo: dict[int, Any] = {}
     for name, p in generator.named_parameters():
         memo[id(p)] = (nn.Parameter(p.detach().clone()) if name in adapt
@@ -181,7 +183,17 @@ def _private_copy(generator: nn.Module, adapt: Sequence[str]) -> nn.Module:
     for b in generator.buffers():
         memo[id(b)] = b
     clone: nn.Module = copy.deepcopy(generator, memo)
+    for module in clone.modules():  # hooks another thread had on the original stay there
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name, None)
+            if hooks:
+                hooks.clear()
     return clone.eval()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+               "_backward_pre_hooks", "_forward_hooks_with_kwargs",
+               "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def adaptable_parameters(generator: nn.Module, layer: str) -> tuple[str, ...]:
@@ -237,14 +249,16 @@ def _check_photo(photo: torch.Tensor, resolution: int) -> torch.Tensor:
 
 def invert(generator: Any, photo: Any, encoder: nn.Module | None = None,
            settings: InversionSettings | None = None, features: nn.Module | None = None,
-           progress: Progress | None = None) -> Inversion:
+           progress: Progress | None = None,
+           lock: AbstractContextManager[Any] | None = None) -> Inversion:
     """Invert ``photo`` (a ``[3, R, R]`` tensor in [-1, 1], or anything
     :func:`~gandissect.inversion.photo.load_photo` reads) into ``generator`` (a
     :class:`models.Generator`). ``encoder`` maps images ``[n, 3, R, R]`` to latents; without
     one the best of ``settings.candidates`` seeded latents starts the optimisation.
     ``features`` is the perceptual feature net (default :class:`RandomFeatures`).
     The shared ``generator`` is never modified. Deterministic for fixed inputs on one
-    machine."""
+    machine. ``lock`` (e.g. a painter's) is held while ``generator`` is copied, so that no
+    other thread hooks it meanwhile; the rest of the inversion runs on the copy."""
     settings = settings or InversionSettings()
     resolution = int(generator.resolution)
     if not isinstance(photo, torch.Tensor):
@@ -257,7 +271,8 @@ def invert(generator: Any, photo: Any, encoder: nn.Module | None = None,
     timings: dict[str, float] = {}
     scores: dict[str, float] = {}
 
-    model = _private_copy(generator, adapt)
+    with lock if lock is not None else contextlib.nullcontext():
+        model = _private_copy(generator, adapt)
     t0 = time.perf_counter()
     with torch.no_grad():
         if encoder is not None:

@@ -14,7 +14,8 @@ state can be copied freely.
 (1, 0, 1)
 
 :class:`Painter` holds a generator, its brushes and a lock (hooks live on the shared generator,
-so forward passes of different users never overlap) and renders ``(seed, history)`` to pixels.
+so forward passes of different users never overlap) and renders ``(seed, history)`` to pixels;
+an inverted photo (:class:`~.photo.Photo`, :func:`~.photo.invert_photo`) takes a seed's place.
 For many users, :meth:`Painter.render_many` batches concurrent requests into shared forward
 passes and caches recent images (bounded); a history holds at most :data:`MAX_STROKES` strokes.
 """
@@ -23,9 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -43,14 +43,16 @@ from ..common.specs import split_spec
 from ..intervention.causal import unit_statistics
 from ..intervention.edit import Edit, intervene, layer_shape
 from .brushes import BrushSet, load_or_build_brushes, shipped_brushes
+from .masks import MAX_MASK_SIDE as MAX_MASK_SIDE  # re-exported
+from .masks import fit_mask
+from .masks import mask_from_editor as mask_from_editor  # re-exported
+from .photo import Photo
 from .serving import CACHE_BYTES, LRU, MAX_BATCH, Batcher, per_sample_edit
 
 Mode = Literal["draw", "remove"]
 MODES: tuple[str, ...] = ("draw", "remove")
 #: Brush strengths offered by the app: how many of a concept's ranked units a stroke uses.
 STRENGTHS: tuple[int, ...] = (4, 10, 20)
-#: Largest mask side processed at full resolution; larger uploads are subsampled first.
-MAX_MASK_SIDE = 4096
 #: Most strokes one history holds (active and undone); one more is refused (undo or reset).
 MAX_STROKES = 64
 
@@ -61,56 +63,6 @@ class EmptyStrokeError(ValueError):
 
 class HistoryFullError(ValueError):
     """A history already holds its :attr:`History.limit` of active strokes."""
-
-
-# ---------------------------------------------------------------------------------- masks
-
-def mask_from_editor(value: Any) -> np.ndarray | None:
-    """The painted mask (bool ``[H, W]``) of a ``gr.ImageEditor`` value: pixels where any layer
-    has alpha > 0 (or any non-zero channel for layers without alpha); ``None`` if no layer."""
-    if not isinstance(value, Mapping):
-        return None
-    layers = [np.asarray(x) for x in (value.get("layers") or []) if x is not None]
-    masks = []
-    for layer in layers:
-        if layer.ndim == 3 and layer.shape[2] == 4:
-            masks.append(layer[..., 3] > 0)
-        elif layer.ndim == 3:
-            masks.append(layer.max(axis=2) > 0)
-        elif layer.ndim == 2:
-            masks.append(layer > 0)
-    if not masks:
-        return None
-    out = masks[0]
-    for m in masks[1:]:
-        out = out | (m if m.shape == out.shape else _resize(m.astype(np.float32), out.shape) > 0)
-    return out
-
-
-def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Float ``[H, W]`` resized to ``size`` (area when shrinking, bilinear when growing)."""
-    h, w = size
-    if mask.shape == (h, w):
-        return mask
-    shrink = mask.shape[0] >= h and mask.shape[1] >= w
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def fit_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
-    """Coverage in [0, 1] (float32 ``[h, w]``) of any 2-D mask (bool, int, float; or an
-    ``[H, W, C]`` image, whose last channel counts) resized to ``size`` by area averaging.
-    Any shape is accepted (stretched to ``size``); non-finite values count as 0."""
-    m = np.asarray(mask)
-    if m.ndim == 3:
-        m = m[..., -1]
-    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
-        raise ValueError(f"a stroke mask must be a 2-D array, got shape {list(m.shape)}")
-    step = max(1, math.ceil(max(m.shape) / MAX_MASK_SIDE))
-    m = m[::step, ::step].astype(np.float32)
-    m = np.nan_to_num(m, nan=0.0, posinf=1.0, neginf=0.0)
-    if m.max(initial=0.0) > 1.0:
-        m = m / m.max()
-    return np.clip(_resize(np.clip(m, 0.0, 1.0), size), 0.0, 1.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------- strokes
@@ -238,6 +190,11 @@ class Painter:
             4096, cache_bytes, size=lambda a: int(a.nbytes))
         if brushes is not None:
             self.set_brushes(brushes)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by every forward pass on the shared generator (they hook it)."""
+        return self._lock
 
     @property
     def brushes(self) -> BrushSet:
@@ -373,25 +330,31 @@ class Painter:
         images = to_uint8(self.render_batch(items))
         return [img.copy() for img in images]  # own memory: the cache weighs each alone
 
-    def render_many(self, items: Sequence[tuple[int, Sequence[Stroke]]]) -> list[np.ndarray]:
-        """uint8 ``[H, W, 3]`` images (read-only) of ``(seed, strokes)`` items. Thread-safe:
-        images rendered lately come from the cache; the others are rendered in one forward
-        pass shared with what other threads ask for at the same time."""
+    def render_many(self, items: Sequence[tuple[int | Photo, Sequence[Stroke]]]
+                    ) -> list[np.ndarray]:
+        """uint8 ``[H, W, 3]`` images (read-only) of ``(image, strokes)`` items; an image is a
+        sample's seed or an inverted :class:`~.photo.Photo` (rendered by its own model,
+        composited into the photo). Thread-safe: images rendered lately come from the cache;
+        the samples are rendered in one forward pass shared with what other threads ask for
+        at the same time."""
+        samples = [(seed, strokes) for seed, strokes in items if not isinstance(seed, Photo)]
         reqs = {(int(seed), tuple(s.key for s in strokes)): (int(seed), tuple(strokes))
-                for seed, strokes in items}
+                for seed, strokes in samples}
         if any(seed < 0 for seed, _ in reqs.values()):
-            raise ValueError(f"seeds must be >= 0, got {[seed for seed, _ in items]}")
+            raise ValueError(f"seeds must be >= 0, got {[seed for seed, _ in samples]}")
         found = {k: img for k in reqs if (img := self.cache.get(k)) is not None}
         todo = [k for k in reqs if k not in found]
         for k, img in zip(todo, self.batcher([reqs[k] for k in todo]), strict=True):
             img.setflags(write=False)
             self.cache.put(k, img)
             found[k] = img
-        return [found[(int(seed), tuple(s.key for s in strokes))] for seed, strokes in items]
+        return [seed.render(strokes) if isinstance(seed, Photo) else
+                found[(int(seed), tuple(s.key for s in strokes))] for seed, strokes in items]
 
-    def render(self, seed: int, strokes: Sequence[Stroke] = (), scale: int = 1) -> np.ndarray:
-        """uint8 ``[H*scale, W*scale, 3]`` image (nearest-neighbour upscaling), as
-        :meth:`render_many` makes it."""
+    def render(self, seed: int | Photo, strokes: Sequence[Stroke] = (), scale: int = 1
+               ) -> np.ndarray:
+        """uint8 ``[H*scale, W*scale, 3]`` image of a seed or a photo (nearest-neighbour
+        upscaling), as :meth:`render_many` makes it."""
         return upscale(self.render_many([(seed, strokes)])[0], scale)
 
     @torch.no_grad()

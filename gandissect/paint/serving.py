@@ -94,6 +94,15 @@ class LRU(Generic[K, V]):
             for k, v in evicted:
                 self._on_evict(k, v)
 
+    def pop(self, key: K) -> V | None:
+        """Remove ``key`` (no ``on_evict``); its value, or None."""
+        with self._lock:
+            hit = self._data.pop(key, None)
+            if hit is None:
+                return None
+            self._bytes -= hit[1]
+            return hit[0]
+
     def keys(self) -> list[K]:
         """The keys, least recently used first."""
         with self._lock:

@@ -235,7 +235,7 @@ def test_full_history_is_refused(demo: Any) -> None:
     strokes = tuple(painter.stroke("tree", "remove", decode_mask(mask), 4) for _ in range(2))
     full = History(strokes, 2, limit=2)
     with pytest.warns(UserWarning):
-        out = fns["paint"].fn(mask, 4, "sky", "remove", 4, 1.0, full)
+        out = fns["paint"].fn(mask, 4, "sky", "remove", 4, 1.0, full, "")
     assert out[2] is full and "not applied: at most 2 strokes" in out[4]
     assert np.array_equal(np.asarray(Image.open(out[0]))[::app.SCALE, ::app.SCALE],
                           painter.render(4, strokes))
@@ -255,7 +255,7 @@ def test_image_files_stay_bounded(demo: Any, monkeypatch: pytest.MonkeyPatch) ->
     async def run() -> list[str]:
         sent = []
         for seed in range(10):
-            out = await small.process_api(fns["image"], [seed, None], state=state)
+            out = await small.process_api(fns["image"], [seed, None, ""], state=state)
             sent.append(out["data"][0]["path"])
         return sent
 
