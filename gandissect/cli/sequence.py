@@ -55,32 +55,40 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     import torch
 
     from ..dissection.results import load_results
-    from ..sequence.dissect import concept_units
+    from ..sequence.dissect import category_units, concept_units
     from ..sequence.intervene import ablation_study
     from ..sequence.probe import SequenceProbe
 
     model = _lm(args)
-    if args.units:
-        units = [int(u) for u in args.units.replace(",", " ").split()]
-    elif args.results:
+    res = None
+    if args.results:
         results = load_results(args.results)
         if args.layer not in results:
             raise ValueError(f"{args.results} holds no layer {args.layer!r}; it has "
                              f"{', '.join(results)}")
         res = results[args.layer]
+    if args.units:
+        units = [int(u) for u in args.units.replace(",", " ").split()]
+    elif res is not None:
         concepts = args.concept or [c for c, cat in zip(res.labels, res.categories,
                                                         strict=True) if cat == "depth"]
-        units = concept_units(results[args.layer], concepts, args.top, args.min_iou)
+        units = concept_units(res, concepts, args.top, args.min_iou)
         if not units:
             raise ValueError(f"no unit of {args.layer} is labelled {concepts} with IoU >= "
                              f"{args.min_iou}")
     else:
         raise ValueError("give --units or --results (a seq-dissect folder)")
+    excluded: list[int] = []
+    if args.exclude_category:
+        if res is None:
+            raise ValueError("--exclude-category needs --results (a seq-dissect folder)")
+        excluded = category_units(res, args.exclude_category)
     probe = SequenceProbe(seed=args.seed, size=args.samples, length=args.length)
     with torch.no_grad():
         study = ablation_study(model, probe.inputs(0, args.samples), args.layer, units,
                                _span(args.span), args.draws,
-                               replacement="mean" if args.replace == "mean" else 0.0)
+                               replacement="mean" if args.replace == "mean" else 0.0,
+                               exclude=excluded)
     if args.json:
         print(json.dumps(study.as_dict(), indent=1))
         return 0
@@ -90,8 +98,16 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
           f"{study.span[0]}..{study.span[1] - 1} of {args.samples} sequences (seed {args.seed})")
     print(f"  bracket-closing accuracy: {study.base:.4f} -> {study.ablated:.4f} "
           f"(drop {100 * study.drop:.1f} points)")
-    print(f"  {len(r)} draws of {len(study.units)} random units: mean {sum(r) / len(r):.4f} "
-          f"(drop {100 * study.random_drop:.1f} points; min {min(r):.4f}, max {max(r):.4f})")
+    size = int(model.rnn.hidden) - len(study.units) - len(study.excluded)
+    pool = f"the {size} other {args.layer} units" + (
+        f" (not the {len(study.excluded)} others labelled {'/'.join(args.exclude_category)})"
+        if study.excluded else "")
+    drops = [study.base - v for v in r]
+    sem = f" +- {100 * study.random_drop_sem:.1f} points s.e.m." if len(r) > 1 else " points"
+    print(f"  {len(r)} draws of {len(study.units)} random units from {pool}: mean "
+          f"{sum(r) / len(r):.4f} (drop {100 * study.random_drop:.1f}{sem}; median drop "
+          f"{100 * study.random_drop_median:.1f}; {sum(d <= 0.05 for d in drops)} of {len(r)} "
+          f"draws within 5 points; min {min(r):.4f}, max {max(r):.4f})")
     return 0
 
 
@@ -178,6 +194,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-iou", type=float, default=0.5)
     p.add_argument("--span", default=None, help="START:STOP tokens (default: all)")
     p.add_argument("--draws", type=int, default=10, help="random unit sets")
+    p.add_argument("--exclude-category", action="append", default=None,
+                   help="keep units labelled with a concept of this category (in --results, "
+                   "IoU above its interpretability threshold) out of the random pool, e.g. "
+                   "depth: random units are then units not tracking depth (repeatable)")
     p.add_argument("--replace", choices=["mean", "zero"], default="mean",
                    help="what an ablated unit is set to: its mean over the sequences "
                    "(default) or 0")

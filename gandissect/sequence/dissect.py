@@ -65,4 +65,17 @@ def concept_units(result: LayerResult, concepts: Sequence[str], k: int | None = 
     return [int(u) for u in units[:k]]
 
 
-__all__ = ["SEQUENCE_QUANTILE", "concept_units", "dissect_sequences", "unit_states"]
+def category_units(result: LayerResult, categories: Sequence[str]) -> list[int]:
+    """Interpretable units (IoU above the result's threshold) whose label belongs to one of
+    ``categories`` (e.g. ``["depth"]``), by unit index; an unknown category raises a ValueError
+    listing the categories."""
+    known = sorted(set(result.categories))
+    bad = [c for c in categories if c not in known]
+    if bad:
+        raise ValueError(f"unknown categories {bad}; categories: {', '.join(known)}")
+    cats, ok = result.unit_categories, result.interpretable
+    return [u for u in range(result.units) if ok[u] and cats[u] in categories]
+
+
+__all__ = ["SEQUENCE_QUANTILE", "category_units", "concept_units", "dissect_sequences",
+           "unit_states"]

@@ -112,7 +112,8 @@ class AblationStudy:
     """Bracket-closing accuracy before (``base``) and after (``ablated``) switching ``units``
     of ``layer`` off over ``span``, and after switching off as many random units (one value
     per draw in ``random``), all on the same sequences; accuracy is scored on the positions
-    from the span's start on."""
+    from the span's start on. Random units are drawn from the layer's units outside ``units``
+    and ``excluded``."""
 
     layer: str
     units: tuple[int, ...]
@@ -121,6 +122,7 @@ class AblationStudy:
     ablated: float
     random: tuple[float, ...]
     random_units: tuple[tuple[int, ...], ...]
+    excluded: tuple[int, ...] = ()
 
     @property
     def drop(self) -> float:
@@ -132,16 +134,32 @@ class AblationStudy:
         """Mean accuracy lost by ablating random units."""
         return self.base - float(np.mean(self.random)) if self.random else float("nan")
 
+    @property
+    def random_drop_median(self) -> float:
+        """Median accuracy lost over the random draws."""
+        return self.base - float(np.median(self.random)) if self.random else float("nan")
+
+    @property
+    def random_drop_sem(self) -> float:
+        """Standard error of :attr:`random_drop` (NaN with fewer than two draws)."""
+        r = np.asarray(self.random, dtype=np.float64)
+        return float(r.std(ddof=1) / np.sqrt(len(r))) if len(r) > 1 else float("nan")
+
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "drop": self.drop, "random_drop": self.random_drop}
+        return {**dataclasses.asdict(self), "drop": self.drop, "random_drop": self.random_drop,
+                "random_drop_median": self.random_drop_median,
+                "random_drop_sem": self.random_drop_sem}
 
 
 def ablation_study(model: nn.Module, tokens: torch.Tensor, layer: str, units: Sequence[int],
                    span: tuple[int, int] | None = None, draws: int = 10, seed: int = 0,
-                   replacement: float | str = 0.0) -> AblationStudy:
+                   replacement: float | str = 0.0, exclude: Sequence[int] = ()
+                   ) -> AblationStudy:
     """Ablate ``units`` of ``layer`` over ``span`` (default: every token) on ``tokens`` and
     ``draws`` sets of as many random other units (draw ``d`` from ``seed + d``); see
-    :class:`AblationStudy`. ``replacement``: a value for every unit (0: zero ablation) or
+    :class:`AblationStudy`. ``exclude``: further units kept out of the random pool (e.g. every
+    unit labelled with the same category, so that the baseline is "units not tracking it").
+    ``replacement``: a value for every unit (0: zero ablation) or
     ``"mean"``: each unit's own mean over all tokens of ``tokens`` (mean ablation: the unit
     keeps its average and loses what it says about the token)."""
     T = tokens.shape[1]
@@ -166,9 +184,14 @@ def ablation_study(model: nn.Module, tokens: torch.Tensor, layer: str, units: Se
 
     base = acc()
     ablated = off(units)
-    picks = [tuple(random_units(width, len(units), units, seed + d)) for d in range(draws)]
+    excluded = tuple(sorted({int(u) for u in exclude} - set(units)))
+    bad = [u for u in excluded if not 0 <= u < width]
+    if bad:
+        raise ValueError(f"cannot exclude units {bad}: layer {layer!r} has {width} units")
+    picks = [tuple(random_units(width, len(units), units + excluded, seed + d))
+             for d in range(draws)]
     rand = tuple(off(r) for r in picks)
-    return AblationStudy(layer, units, (a, b), base, ablated, rand, tuple(picks))
+    return AblationStudy(layer, units, (a, b), base, ablated, rand, tuple(picks), excluded)
 
 
 __all__ = ["AblationStudy", "ablation_study", "check_span", "closing_accuracy",

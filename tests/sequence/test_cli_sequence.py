@@ -11,6 +11,7 @@ import torch
 
 from gandissect.cli import main
 from gandissect.dissection.results import load_results
+from gandissect.sequence.dissect import category_units
 from gandissect.sequence.intervene import ablation_study
 from gandissect.sequence.probe import SequenceProbe
 from models.sequence.lstm import load_toyseq_lstm
@@ -37,6 +38,23 @@ def test_dissect_then_ablate_its_units(tmp_path: Path, capsys: pytest.CaptureFix
                              replacement="mean")
     assert got["units"] == [best] and got["span"] == [4, 32]
     assert got["ablated"] == ref.ablated and got["random"] == list(ref.random)
+    # the random pool without the units labelled with a depth concept
+    depth = category_units(r, ["depth"])
+    assert main(["seq-ablate", "--results", str(out), "--layer", "c1", "--units", str(best),
+                 "--exclude-category", "depth", "--samples", "30", "--length", "32",
+                 "--draws", "4", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["excluded"] == [u for u in depth if u != best]
+    assert all(not set(us) & (set(depth) | {best}) for us in got["random_units"])
+    assert main(["seq-ablate", "--results", str(out), "--layer", "c1", "--units", str(best),
+                 "--exclude-category", "depth", "--samples", "30", "--length", "32",
+                 "--draws", "4"]) == 0
+    said = capsys.readouterr().out
+    assert f"4 draws of 1 random units from the {64 - 1 - len(got['excluded'])} other c1 " \
+        f"units (not the {len(got['excluded'])} others labelled depth)" in said
+    assert main(["seq-ablate", "--results", str(out), "--units", "1", "--exclude-category",
+                 "colour", "--samples", "2"]) == 2
+    assert "unknown categories ['colour']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -45,6 +63,8 @@ def test_dissect_then_ablate_its_units(tmp_path: Path, capsys: pytest.CaptureFix
     (["seq-ablate", "--units", "99", "--samples", "2"], "has 64 units"),
     (["seq-ablate", "--layer", "h7", "--units", "1", "--samples", "2"], "unknown layer 'h7'"),
     (["seq-ablate", "--samples", "2"], "give --units or --results"),
+    (["seq-ablate", "--units", "1", "--exclude-category", "depth", "--samples", "2"],
+     "--exclude-category needs --results"),
     (["seq2seq", "--text", "(["], "starts with '^'"),
 ])
 def test_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

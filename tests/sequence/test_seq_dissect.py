@@ -11,7 +11,12 @@ import torch
 from tiny import Interrupt, assert_identical
 
 from gandissect.dissection.probe import ProbeModel, is_probe
-from gandissect.sequence.dissect import concept_units, dissect_sequences, unit_states
+from gandissect.sequence.dissect import (
+    category_units,
+    concept_units,
+    dissect_sequences,
+    unit_states,
+)
 from gandissect.sequence.probe import SequenceProbe
 from models.sequence.lstm import ToySeqLSTM
 
@@ -89,3 +94,15 @@ def test_bad_input_is_refused(tiny_lm: ToySeqLSTM, small_probe: SequenceProbe) -
         concept_units(r, ["depth>=9"])
     best = concept_units(r, r.labels)
     assert best[0] == int(np.argmax(r.best_iou)) and len(best) == r.units
+
+
+def test_category_units_by_brute_force(tiny_lm: ToySeqLSTM, small_probe: SequenceProbe) -> None:
+    r = dissect_sequences(tiny_lm, small_probe, "c1", batch_size=30)["c1"]
+    for cats in (["depth"], ["token", "stack"], sorted(set(r.categories))):
+        want = [u for u in range(r.units) if r.best_iou[u] > r.iou_threshold
+                and r.categories[int(np.argmax(r.iou[u]))] in cats]
+        assert category_units(r, cats) == want
+    assert category_units(r, sorted(set(r.categories))) == \
+        [u for u in range(r.units) if r.interpretable[u]]
+    with pytest.raises(ValueError, match="unknown categories.*categories: depth"):
+        category_units(r, ["colour"])

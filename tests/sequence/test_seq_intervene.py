@@ -113,3 +113,22 @@ def test_mean_ablation_sets_each_unit_to_its_mean(tiny_lm: ToySeqLSTM,
     assert torch.allclose(inside[:, [3, 7]], means[[3, 7]][None, :, None].expand(20, 2, 20))
     with pytest.raises(ValueError, match="'mean'"):
         ablation_study(tiny_lm, toks, "h1", [3], replacement="median")
+
+
+def test_excluded_units_stay_out_of_the_random_pool(tiny_lm: ToySeqLSTM,
+                                                    small_probe: SequenceProbe) -> None:
+    toks = small_probe.inputs(0, 20)
+    s = ablation_study(tiny_lm, toks, "c1", [0, 1], draws=8, exclude=[1, 2, 3, 4, 5, 6, 7])
+    assert s.excluded == (2, 3, 4, 5, 6, 7)                 # the chosen unit 1 is not repeated
+    assert all(set(r) <= {8, 9, 10, 11} and len(r) == 2 for r in s.random_units)
+    assert len(set(s.random_units)) > 1
+    plain = ablation_study(tiny_lm, toks, "c1", [0, 1], draws=8)
+    assert plain.excluded == () and plain.ablated == s.ablated
+    d = s.as_dict()
+    assert d["excluded"] == (2, 3, 4, 5, 6, 7)
+    assert d["random_drop_median"] == pytest.approx(s.base - float(np.median(s.random)))
+    assert d["random_drop_sem"] == pytest.approx(float(np.std(s.random, ddof=1) / np.sqrt(8)))
+    with pytest.raises(ValueError, match="cannot exclude units \\[12\\]"):
+        ablation_study(tiny_lm, toks, "c1", [0], draws=1, exclude=[12])
+    with pytest.raises(ValueError, match="only 1 units"):
+        ablation_study(tiny_lm, toks, "c1", [0, 1], draws=1, exclude=range(2, 11))
