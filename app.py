@@ -1,7 +1,7 @@
 """GANPaint: paint concepts into (or out of) a generator's images by switching its units.
 
 Run ``python app.py`` (or ``gandissect app``; options ``--model --segmenter --layer --host
---port --trust-pickle``; model and segmenter may be ``NAME:PATH``) and open
+--port --trust-pickle --inversion-steps``; model and segmenter may be ``NAME:PATH``) and open
 http://127.0.0.1:7860. The page is served at once; while the brushes are built (minutes the
 first time, then cached) a progress bar shows how far it is and the paint controls wait. Pick
 an image (by seed, at random, or from a grid), a concept brush, draw or remove, strength (how
@@ -503,8 +503,11 @@ def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(TORCH_THREADS)
     chosen: dict[str, Any] = {"model": args.model, "segmenter": args.segmenter, "layer": args.layer}
+    steps = getattr(args, "inversion_steps", None)
+    inversion = (InversionSettings(optimize_steps=steps[0], adapt_steps=steps[1])
+                 if steps else None)
     demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
-                     fallback=chosen == DEFAULTS)
+                     fallback=chosen == DEFAULTS, inversion=inversion)
     launch_kw.setdefault("state_session_capacity", SESSIONS)
     launch_kw.setdefault("max_file_size", UPLOAD_LIMIT)
     return demo.queue(default_concurrency_limit=2, max_size=256).launch(

@@ -41,6 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+def _steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"steps must be a whole number >= 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The app's options, shared by ``gandissect app`` and ``python app.py``."""
     from . import add_load_options
@@ -51,4 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default="layer4")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--inversion-steps", type=_steps, nargs=2, metavar=("OPTIMIZE", "ADAPT"),
+                        default=None,
+                        help="steps of an uploaded photo's feature optimisation and adaptation "
+                             "(default 150 250; fewer: faster, rougher reconstructions)")
     add_load_options(parser)

@@ -139,3 +139,27 @@ def test_a_dropped_photo_is_said(url: str, tmp_path: Path) -> None:
     out = first.predict(mask_data_url(np.ones((256, 256), bool)), 0, "house", "draw", 4, 1.0,
                         api_name="/paint")
     assert "dropped" in out[3] and "upload it again" in out[3], out[3]
+
+
+def test_inversion_steps_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--inversion-steps 10 20`` reaches build_app; negative steps are refused."""
+    seen: dict[str, Any] = {}
+
+    class Fake:
+        def queue(self, **_kw: Any) -> Fake:
+            return self
+
+        def launch(self, **kw: Any) -> None:
+            seen["launch"] = kw
+
+    def fake_build(**kw: Any) -> Fake:
+        seen.update(kw)
+        return Fake()
+
+    monkeypatch.setattr(app, "build_app", fake_build)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # launch leaves this process's threads alone
+    app.launch(app.parse_args(["--inversion-steps", "10", "20"]))
+    assert seen["inversion"] == InversionSettings(optimize_steps=10, adapt_steps=20)
+    assert seen["launch"]["max_file_size"] == app.UPLOAD_LIMIT
+    with pytest.raises(SystemExit):
+        app.parse_args(["--inversion-steps", "-1", "2"])
