@@ -294,8 +294,8 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         if not path:
             return (*keep, gr.update(), gr.update(), gr.update(), None)
         name = Path(path).name
-        total = max(1, (inversion or InversionSettings()).optimize_steps +
-                    (inversion or InversionSettings()).adapt_steps)
+        settings = inversion or InversionSettings()
+        total = max(1, settings.optimize_steps + settings.adapt_steps)
         done = {"optimize": 0, "adapt": 0}
 
         def report(stage: str, step: int, steps: int) -> None:
@@ -306,7 +306,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
 
         try:
             progress(0.0, desc="reading the photo")
-            photo = invert_photo(models(), path, inversion, encoder(), report, name)
+            photo = invert_photo(models(), path, settings, encoder(), report, name)
         except (PhotoError, ValueError, FloatingPointError) as exc:
             gr.Warning(f"Photo not used: {exc}")
             return (*keep, gr.update(), gr.update(),
