@@ -29,9 +29,10 @@ event's session, so ``gr.State`` would mix sessions. Images reach the browser as
 as PNG files in Gradio's cache folder, one per content hash, never rewritten, at most
 :data:`MAX_FILES` of them (the least recently sent are removed). Inverted photos are kept in a
 :class:`~gandissect.paint.photo.PhotoStore` bounded in bytes (``PHOTO_BYTES``), one per session
-(a new upload or image replaces it; a closed session drops it); a session whose photo was
-dropped is told to upload it again. At most :data:`INVERSION_SLOTS` inversions run at once;
-uploaded files are deleted once read, and uploads over :data:`UPLOAD_LIMIT` bytes are refused.
+(a new upload or image replaces it; a closed session drops it once Gradio expires its state); a
+session whose photo was dropped is told to upload it again. At most :data:`INVERSION_SLOTS`
+inversions run at once; uploaded files are deleted once read, and uploads over
+:data:`UPLOAD_LIMIT` bytes are refused.
 """
 
 from __future__ import annotations
