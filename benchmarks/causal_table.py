@@ -27,11 +27,18 @@ what is new, and new weights (a different hash) never reuse stale numbers. Write
 ``OUT/causal_table.md``, ``OUT/causal_table.json``, ``OUT/effect_vs_k_<layer>_<concept>.png`` and
 one grid ``OUT/effect_vs_k_<layer>.png`` per layer (the .md and the grids are also copied to
 ``--docs`` when given).
+
+``--cluster local:N`` (a Dask LocalCluster started for the run) or ``--scheduler ADDRESS`` (a
+running one; both need ``pip install 'gandissect[dask]'``) run the dissection, the single-unit
+ablations and the unit sets' ablations as tasks on Dask workers (groups of units or unit sets
+per task, the models sent to each worker once): the cached numbers are the same as one
+process's, so a cache filled on a cluster serves a run without one and the other way round.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -133,11 +140,16 @@ class EffectCache:
 
 
 def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: EffectCache,
-                 samples: int, seed: int, batch_size: int, chunk: int = 6) -> None:
+                 samples: int, seed: int, batch_size: int, chunk: int = 6,
+                 client: Any = None) -> None:
     """Ablate every unit set not yet in ``cache`` (``chunk`` sets per pass over the samples;
-    the cache is saved after each chunk, so an interrupted run resumes)."""
+    the cache is saved after each chunk, so an interrupted run resumes). With a Dask
+    ``client`` a chunk holds ``chunk`` sets per worker thread, in groups of sets that are tasks
+    (the same numbers as one process)."""
+    from gandissect.dissection.cluster import client_threads
     from gandissect.intervention.causal import measure_concepts
     from gandissect.intervention.edit import Edit
+    from gandissect.intervention.fanout import measure_concepts_on_cluster
 
     todo, seen = [], set(cache.after)
     for us in sets:
@@ -148,11 +160,19 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
     log(f"{layer}: {len(todo)} new unit sets to ablate on {samples} samples of seed {seed} "
         f"({len(cache.after)} cached)")
     charge(cache.path.name)
+    if client is not None:
+        chunk *= client_threads(client)
     for i in range(0, len(todo), chunk):
         t = time.time()
         part = todo[i:i + chunk]
-        before, after = measure_concepts(gen, seg, [[Edit(layer, us)] for us in part], samples,
-                                         seed, batch_size=batch_size)
+        sets = [[Edit(layer, us)] for us in part]
+        if client is None:
+            before, after = measure_concepts(gen, seg, sets, samples, seed,
+                                             batch_size=batch_size)
+        else:
+            before, after = measure_concepts_on_cluster(client, gen, seg, sets, samples, seed,
+                                                        batch_size=batch_size,
+                                                        label=f"sets-{layer}")
         if cache.before is None:
             cache.before = before
         elif not np.array_equal(cache.before, before):
@@ -165,8 +185,8 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
         log(f"{layer}: ablated {min(i + chunk, len(todo))}/{len(todo)} sets")
 
 
-def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
-                 ) -> dict[str, Any]:
+def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path,
+                 client: Any = None) -> dict[str, Any]:
     from gandissect.dissection.engine import dissect
     from gandissect.intervention.ranking import rank_by_iou
 
@@ -175,13 +195,13 @@ def iou_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache
     t, fresh = time.time(), not (folder / "results.json").exists()
     res = dissect(gen, seg, layer, samples=args.dissect_samples, seed=args.seed,
                   batch_size=args.batch_size, out=folder, model_name=args.model,
-                  segmenter_name=args.segmenter)[layer]
+                  segmenter_name=args.segmenter, client=client)[layer]
     charge(folder.name, time.time() - t if fresh else None)
     return {c: rank_by_iou(res, c) for c in args.concepts}
 
 
-def ace_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
-                 ) -> dict[str, Any]:
+def ace_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path,
+                 client: Any = None) -> dict[str, Any]:
     from gandissect.intervention.ranking import UnitRanking, single_unit_ace_concepts
 
     path = cache / f"ace_{layer}_n{args.ace_samples}_s{args.seed}.npz"
@@ -194,7 +214,8 @@ def ace_rankings(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache
         t = time.time()
         ranks = single_unit_ace_concepts(gen, seg, labels, layer, args.ace_samples, args.seed,
                                          batch_size=args.batch_size,
-                                         progress=lambda n: log(f"{layer}: ACE {n} samples"))
+                                         progress=lambda n: log(f"{layer}: ACE {n} samples"),
+                                         client=client)
         drop = np.stack([ranks[c].scores for c in labels], axis=1)
         np.savez(path, drop=drop)
         charge(path.name, time.time() - t)
@@ -246,25 +267,28 @@ def removal(before: np.ndarray, after: np.ndarray) -> tuple[float, float, float,
     return -e.relative, -e.relative_ci95[1], -e.relative_ci95[0], e.before
 
 
-def study_layer(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path
-                ) -> list[dict[str, Any]]:
-    """Rank, ablate and tabulate one layer; returns one row per (concept, ranking, k)."""
+def study_layer(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache: Path,
+                client: Any = None) -> list[dict[str, Any]]:
+    """Rank, ablate and tabulate one layer; returns one row per (concept, ranking, k). With a
+    Dask ``client`` the dissection, the single-unit ablations and the unit sets' ablations
+    run as tasks on its cluster (the same numbers; the optimised alphas stay here)."""
     from gandissect.intervention.edit import layer_shape
 
     n_units, _, _ = layer_shape(gen, layer)
     ks = [k for k in args.ks if k <= n_units]
     rankings: dict[str, dict[str, Any]] = {}
     if "iou" in args.rankings:
-        rankings["iou"] = iou_rankings(gen, seg, args, layer, cache)
+        rankings["iou"] = iou_rankings(gen, seg, args, layer, cache, client)
     if "ace" in args.rankings:
-        rankings["ace"] = ace_rankings(gen, seg, args, layer, cache)
+        rankings["ace"] = ace_rankings(gen, seg, args, layer, cache, client)
     if "optimized" in args.rankings:
         rankings["optimized"] = opt_rankings(gen, seg, args, layer, cache)
     rand = random_orders(n_units, args.random_draws, args.eval_seed)
     sets = [r[c].top(k) for r in rankings.values() for c in args.concepts for k in ks]
     sets += [order[:k] for order in rand for k in ks]
     ec = EffectCache(cache / f"effects_{layer}_n{args.eval_samples}_s{args.eval_seed}.npz")
-    measure_sets(gen, seg, layer, sets, ec, args.eval_samples, args.eval_seed, args.batch_size)
+    measure_sets(gen, seg, layer, sets, ec, args.eval_samples, args.eval_seed, args.batch_size,
+                 client=client)
     assert ec.before is not None
     # choosing the best ranking must not look at the evaluation samples: its top-k sets at the
     # verdict's k are ablated on ranking-seed samples, and that removal decides
@@ -272,7 +296,7 @@ def study_layer(gen: Any, seg: Any, args: argparse.Namespace, layer: str, cache:
     sc = EffectCache(cache / f"select_{layer}_n{args.select_samples}_s{args.seed}.npz")
     measure_sets(gen, seg, layer, [r[c].top(sel_k) for r in rankings.values()
                                    for c in args.concepts], sc, args.select_samples, args.seed,
-                 args.batch_size)
+                 args.batch_size, client=client)
     assert sc.before is not None
     labels = list(seg.labels)
     rows = []
@@ -495,6 +519,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="ranking-seed samples on which the best ranking is chosen")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N", default=None,
+                       help="run the dissection and the ablations as tasks on a Dask cluster of "
+                            "N worker processes started for the run (pip install "
+                            "'gandissect[dask]'); the same numbers as one process")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="the same on the running Dask cluster whose scheduler is at ADDRESS "
+                            "(tcp://HOST:PORT)")
     p.add_argument("--out", default="results/causal_table")
     p.add_argument("--docs", default=None,
                    help="also copy the table .md and the per-layer plot grids here")
@@ -509,6 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--eval-seed must differ from --seed (effects on the ranking samples overfit)")
     if not args.ks or args.ks[0] < 1:
         p.error(f"--ks must be positive unit counts, got {args.ks}")
+    if args.cluster is not None:
+        from gandissect.dissection.cluster import parse_cluster, require_distributed
+
+        try:
+            parse_cluster(args.cluster)
+        except ValueError as e:
+            p.error(str(e))
+        require_distributed()
     torch.set_num_threads(max(1, args.threads))
 
     import models
@@ -527,8 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     global LEDGER
     LEDGER = Ledger(cache)
     rows: list[dict[str, Any]] = []
-    for layer in args.layers:
-        rows += study_layer(gen, seg, args, layer, cache)
+    where: Any = contextlib.nullcontext(None)
+    if args.cluster is not None or args.scheduler is not None:
+        from gandissect.dissection.cluster import dask_client
+
+        where = dask_client(args.cluster, args.scheduler)
+    with where as client:
+        for layer in args.layers:
+            rows += study_layer(gen, seg, args, layer, cache, client)
     plots, grids = [], []
     for layer in args.layers:
         names, grid = save_plots(rows, layer, args.concepts, out)

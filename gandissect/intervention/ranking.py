@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from models.base import Generator
 from segmenters.base import Segmenter
 
-from ..dissection.cluster import check_client, client_threads, map_on_cluster
+from ..dissection.cluster import check_client
 from .causal import (
     EffectStats,
     Mode,
@@ -35,6 +35,7 @@ from .causal import (
     unit_statistics,
 )
 from .edit import Edit, intervene, layer_shape
+from .fanout import measure_concepts_on_cluster
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +133,7 @@ def ablate_each(models: tuple[Generator, Segmenter], units: Sequence[int], layer
                   samples: int, seed: int, concepts: Sequence[str] | None, batch_size: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``measure_concepts`` of ``units``, each ablated alone, with ``models = (generator,
-    segmenter)``: the task of :func:`ablations_on_cluster` (and of the brush build's)."""
+    segmenter)``: the task of the brush build on a Dask cluster."""
     generator, segmenter = models
     return measure_concepts(generator, segmenter, [[Edit(layer, [u])] for u in units],
                             samples, seed, concepts, batch_size=batch_size)
@@ -146,31 +147,15 @@ def ablations_on_cluster(client: Any, generator: Generator, segmenter: Segmenter
     """``measure_concepts`` of each of ``units`` ablated alone (``before [N, C]``,
     ``after [len(units), N, C]``), computed on ``client``'s Dask cluster: contiguous groups of
     units (``tasks_per_thread`` per worker thread) are tasks, each over all samples with the
-    same batches as one process, so every number is the one process's. Generator and
-    segmenter go to each worker once; a group lost with its worker runs again (each result
-    is used once). ``progress(samples * units_done // len(units))`` after each group."""
-    n = len(units)
-    if n == 0:
+    same batches as one process, so every number is the one process's
+    (:func:`gandissect.intervention.fanout.measure_concepts_on_cluster`);
+    ``progress(samples * units_done // len(units))`` after each group."""
+    if not units:
         raise ValueError("give at least one unit")
-    count = min(n, tasks_per_thread * client_threads(client))
-    bounds = [n * i // count for i in range(count + 1)]
-    groups = [list(units[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
-    before: np.ndarray | None = None
-    after: np.ndarray | None = None
-    done = 0
-    results = map_on_cluster(client, (generator, segmenter), ablate_each, groups, layer,
-                             samples, seed, concepts, batch_size,
-                             label=lambda g: f"ablate-{layer}-units{g[0]}-{g[-1]}")
-    with closing(results):
-        for i, (b, a) in results:
-            if after is None:
-                before, after = b, np.zeros((n, *a.shape[1:]))
-            after[bounds[i]:bounds[i + 1]] = a
-            done += len(groups[i])
-            if progress is not None:
-                progress(samples * done // n)
-    assert before is not None and after is not None
-    return before, after
+    return measure_concepts_on_cluster(client, generator, segmenter,
+                                       [[Edit(layer, [int(u)])] for u in units], samples, seed,
+                                       concepts, batch_size, progress, tasks_per_thread,
+                                       label=f"ablate-{layer}")
 
 
 @contextmanager
