@@ -122,7 +122,7 @@ def artifact_scores(generator: Generator, layer: str, measure: FIDMeasure | Disc
                     samples: int = 1000, seed: int = 0, method: Method = "effect",
                     top: int | None = None, batch_size: int = 100,
                     replace: Replace = "mean", pool: int = 10,
-                    verify_samples: int = 500) -> ArtifactScores:
+                    verify_samples: int = 500, client: Any = None) -> ArtifactScores:
     """Score every unit of ``layer`` (higher = more artifact-like); see the module docs.
 
     ``replace`` says what a removed unit becomes: ``"mean"`` (its mean activation over these
@@ -131,9 +131,14 @@ def artifact_scores(generator: Generator, layer: str, measure: FIDMeasure | Disc
     ``top`` (size of each unit's top set) defaults to 16 for ``"effect"`` / ``"causal"`` (cost:
     units * top extra images) and ``max(2, samples // 10)`` otherwise. For ``"fid"`` a top set no
     larger than the feature dimension gives a FewSamplesWarning with the number needed.
+    ``client`` (a ``distributed.Client``, method ``"effect"`` only): the top-set images and the
+    verification measurements run as tasks on its Dask cluster, with the same scores.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if client is not None and method != "effect":
+        raise ValueError(f"client= runs the 'effect' method's per-unit work on a Dask cluster; "
+                         f"method {method!r} runs in this process (leave client=None)")
     if replace not in ("mean", "zero"):
         raise ValueError(f"replace must be 'mean' or 'zero', got {replace!r}")
     if samples < 2:
@@ -181,7 +186,8 @@ def artifact_scores(generator: Generator, layer: str, measure: FIDMeasure | Disc
         latents = torch.cat(latent_parts)
         if method == "effect":
             effect = effect_scores(generator, layer, measure, latents, vals, order,
-                                   replacement, seed, batch_size, pool, verify_samples)
+                                   replacement, seed, batch_size, pool, verify_samples,
+                                   client=client)
             scores, details = effect.scores, effect.details()
         elif method == "causal":
             scores = _causal_scores(generator, layer, measure, latents, order, vals[:, 0],

@@ -40,6 +40,10 @@ images for the top sets, and ``(4 * pool + 2) * verify_samples`` images at most 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from collections.abc import Generator as Gen
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,6 +53,7 @@ import torch
 from models.base import Generator
 
 from ..common.hooks import Trace
+from ..dissection.cluster import check_client, client_threads, models_on_workers
 from ..intervention.edit import Edit
 from .quality import sqrtm_psd
 from .realism import DiscriminatorMeasure, FIDMeasure
@@ -142,7 +147,7 @@ class EffectScores:
 def effect_scores(generator: Generator, layer: str, measure: FIDMeasure | DiscriminatorMeasure,
                   latents: torch.Tensor, first_pass: np.ndarray, order: np.ndarray,
                   replacement: np.ndarray, seed: int, batch_size: int = 100, pool: int = 10,
-                  verify_samples: int = 500) -> EffectScores:
+                  verify_samples: int = 500, client: Any = None) -> EffectScores:
     """Per-unit ``"effect"`` scores (see the module docs).
 
     ``latents`` are the ``N`` scoring latents (samples ``0..N-1`` of ``seed``), ``first_pass``
@@ -152,12 +157,34 @@ def effect_scores(generator: Generator, layer: str, measure: FIDMeasure | Discri
     causal screen are then VERIFIED by measuring the drop of the measure over scoring samples
     ``0..verify_samples-1`` in two contexts: the unit removed alone (``exact``), and the unit
     removed last, after all other candidates (``last_in``). Their score becomes the larger drop.
+
+    ``client`` (a ``distributed.Client``): the top-set images (chunks of whole batches) and the
+    verification measurements (one per unit set) are tasks on its Dask cluster, generator and
+    linearised measure installed on each worker once; the scores are bit-identical to one
+    process. The Taylor pass stays here.
     """
+    check_client(client, "effect_scores")
     objective = _Objective(measure, first_pass)
     taylor = _taylor_terms(generator, layer, objective, latents, replacement, batch_size)
+    with (contextlib.nullcontext(None) if client is None
+          else models_on_workers(client, (generator, objective))) as run:
+        return _effect_scores(generator, layer, objective, latents, order, replacement, seed,
+                              batch_size, pool, verify_samples, taylor, run, client)
+
+
+#: runs ``fn(models, item, *args)`` for each item on a Dask cluster (``models_on_workers``)
+Runner = Callable[..., Gen[tuple[int, Any], None, None]]
+
+
+def _effect_scores(generator: Generator, layer: str, objective: _Objective,
+                   latents: torch.Tensor, order: np.ndarray, replacement: np.ndarray,
+                   seed: int, batch_size: int, pool: int, verify_samples: int,
+                   taylor: np.ndarray, run: Runner | None, client: Any) -> EffectScores:
+    """:func:`effect_scores` after the Taylor pass; ``run`` (with ``client``) or here."""
+    measure = objective.measure
     units = order.shape[0]
     d_phi, d_unreal = _top_set_terms(generator, layer, objective, latents, order, replacement,
-                                     batch_size)
+                                     batch_size, run, client)
     rows = np.arange(units)[:, None]
     linear = -(taylor.sum(axis=0) - taylor[order, rows].sum(axis=1) + d_phi.sum(axis=1))
     causal = -d_unreal.mean(axis=1)
@@ -167,22 +194,53 @@ def effect_scores(generator: Generator, layer: str, measure: FIDMeasure | Discri
     last_in: dict[int, float] = {}
     if pool > 0:
         candidates = sorted(set(_best(linear, pool)) | set(_best(causal, pool)))
-
-        def removed(units: list[int]) -> float:
-            edits = [Edit(layer, units, replacement=[float(replacement[u]) for u in units])
-                     ] if units else []
-            return measure.score(generator, verify_samples, seed, edits)
-
-        base = removed([])
-        for u in candidates:
-            exact[u] = base - removed([u])
-        if len(candidates) > 1:  # each candidate's drop when it is the last one removed
-            everything = removed(candidates)
-            for u in candidates:
-                last_in[u] = removed([v for v in candidates if v != u]) - everything
+        # unedited, each candidate alone, and (to measure each one removed last) all of them
+        # and all but each one
+        sets = [[], *([u] for u in candidates)]
+        if len(candidates) > 1:
+            sets += [candidates, *([v for v in candidates if v != u] for u in candidates)]
+        value = _removed_all(generator, layer, measure, sets, replacement, verify_samples, seed,
+                             run)
+        base, n = value[0], len(candidates)
+        for j, u in enumerate(candidates):
+            exact[u] = base - value[1 + j]
+        if n > 1:  # each candidate's drop when it is the last one removed
+            everything = value[1 + n]
+            for j, u in enumerate(candidates):
+                last_in[u] = value[2 + n + j] - everything
         for u in candidates:
             scores[u] = max(exact[u], last_in.get(u, exact[u]))
     return EffectScores(scores, linear, causal, exact, verify_samples, last_in)
+
+
+def _removed(generator: Generator, layer: str, measure: FIDMeasure | DiscriminatorMeasure,
+             units: list[int], replacement: np.ndarray, samples: int, seed: int) -> float:
+    """The measure over ``samples`` samples of ``seed`` with ``units`` removed."""
+    edits = [Edit(layer, units, replacement=[float(replacement[u]) for u in units])
+             ] if units else []
+    return measure.score(generator, samples, seed, edits)
+
+
+def _removed_task(models: tuple[Generator, _Objective], units: list[int], layer: str,
+                  replacement: np.ndarray, samples: int, seed: int) -> float:
+    """Task of :func:`_removed_all` on a Dask worker."""
+    generator, objective = models
+    return _removed(generator, layer, objective.measure, units, replacement, samples, seed)
+
+
+def _removed_all(generator: Generator, layer: str, measure: FIDMeasure | DiscriminatorMeasure,
+                 sets: list[list[int]], replacement: np.ndarray, samples: int, seed: int,
+                 run: Runner | None) -> list[float]:
+    """:func:`_removed` of each unit set, here in order or (``run``) one task per set."""
+    if run is None:
+        return [_removed(generator, layer, measure, us, replacement, samples, seed)
+                for us in sets]
+    out: list[float] = [0.0] * len(sets)
+    with closing(run(_removed_task, sets, layer, replacement, samples, seed,
+                     label=lambda us: f"artifact-verify-{layer}-{len(us)}units")) as results:
+        for i, value in results:
+            out[i] = value
+    return out
 
 
 def _best(values: np.ndarray, k: int) -> list[int]:
@@ -217,16 +275,53 @@ def _taylor_terms(generator: Generator, layer: str, objective: _Objective, laten
     return out
 
 
-@torch.no_grad()
 def _top_set_terms(generator: Generator, layer: str, objective: _Objective,
                    latents: torch.Tensor, order: np.ndarray, replacement: np.ndarray,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int, run: Runner | None = None, client: Any = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """For ``i = order[u, j]``, with x' = x_i regenerated with unit u removed:
     ``phi_i(x') - phi_i(x_i)`` and ``unrealism(x') - unrealism(x_i)``, both ``[units, top]``.
-    Many (unit, image) pairs share a forward pass (each sample removes its own unit)."""
+    Many (unit, image) pairs share a forward pass (each sample removes its own unit); with
+    ``run``, chunks of whole batches are tasks (4 per worker thread of ``client``)."""
     units, top = order.shape
     pairs_u = np.repeat(np.arange(units), top)
     pairs_i = order.reshape(-1)
+    if run is None:
+        d_phi, d_unreal = _pair_terms(generator, layer, objective, latents[pairs_i], pairs_u,
+                                      pairs_i, replacement, batch_size)
+        return d_phi.reshape(units, top), d_unreal.reshape(units, top)
+    batches = -(-len(pairs_u) // batch_size)
+    count = min(batches, 4 * client_threads(client))
+    cuts = [batch_size * (batches * k // count) for k in range(count + 1)]
+    items = [(a, latents[pairs_i[a:b]], pairs_u[a:b], pairs_i[a:b])
+             for a, b in zip(cuts, cuts[1:], strict=False)]
+    d_phi = np.empty(len(pairs_u), np.float64)
+    d_unreal = np.empty(len(pairs_u), np.float64)
+    with closing(run(_pair_task, items, layer, replacement, batch_size,
+                     label=lambda it: f"artifact-topsets-{layer}-{it[0]}")) as results:
+        for k, (phi, unreal) in results:
+            a = items[k][0]
+            d_phi[a:a + len(phi)], d_unreal[a:a + len(phi)] = phi, unreal
+    return d_phi.reshape(units, top), d_unreal.reshape(units, top)
+
+
+def _pair_task(models: tuple[Generator, _Objective],
+               item: tuple[int, torch.Tensor, np.ndarray, np.ndarray], layer: str,
+               replacement: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Task of :func:`_top_set_terms` on a Dask worker: :func:`_pair_terms` of one chunk."""
+    generator, objective = models
+    _, z, pairs_u, pairs_i = item
+    return _pair_terms(generator, layer, objective, z, pairs_u, pairs_i, replacement,
+                       batch_size)
+
+
+@torch.no_grad()
+def _pair_terms(generator: Generator, layer: str, objective: _Objective, z: torch.Tensor,
+                pairs_u: np.ndarray, pairs_i: np.ndarray, replacement: np.ndarray,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The changes of ``phi`` and unrealism of images ``pairs_i`` (latents ``z``, one row per
+    pair) regenerated with units ``pairs_u`` removed, ``batch_size`` pairs per pass."""
+    units = len(replacement)
     r = torch.from_numpy(np.asarray(replacement, np.float32))
     d_phi = np.empty(len(pairs_u), np.float64)
     d_unreal = np.empty(len(pairs_u), np.float64)
@@ -244,10 +339,10 @@ def _top_set_terms(generator: Generator, layer: str, objective: _Objective,
             mask = torch.zeros(len(u), units, 1, 1)
             mask[torch.arange(len(u)), u] = 1.0
             state["mask"] = mask
-            emb = objective.embed(generator(latents[i]).clamp(-1.0, 1.0))
+            emb = objective.embed(generator(z[sl]).clamp(-1.0, 1.0))
             d_phi[sl] = objective.phi(emb, i).cpu().numpy() - objective.base_phi[pairs_i[sl]]
             d_unreal[sl] = objective.unrealism(emb) - objective.base_unrealism[pairs_i[sl]]
-    return d_phi.reshape(units, top), d_unreal.reshape(units, top)
+    return d_phi, d_unreal
 
 
 def default_top(method: str, samples: int) -> int:

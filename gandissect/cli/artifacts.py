@@ -12,11 +12,16 @@ latents of ``--eval-seed`` (default ``--seed + 1``) and measures the unedited ge
 Writes ``DIR/artifacts.json`` (ranking, scores, realism-vs-k table), ``DIR/removal.png``,
 ``DIR/unit_<u>_top.png`` (top images of the highest-scoring units) and ``DIR/before.png`` /
 ``DIR/after_top<k>.png`` (the same samples before and after ablating the top-k units).
+
+``--cluster local:N`` or ``--scheduler tcp://HOST:PORT`` (``pip install 'gandissect[dask]'``)
+run the per-unit scores' top-set images and verification measurements (method ``effect``) as
+tasks on a Dask cluster: the same scores as one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -69,6 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="ground-truth demo: comma-separated units of --layer that get planted "
                         "checkerboard artifacts (gandissect.artifacts.plant) before the search")
     p.add_argument("--batch-size", type=int, default=100)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N", default=None,
+                       help="score units (method effect) on a Dask cluster of N worker processes "
+                            "(one thread each) started for the scoring; the same scores (needs "
+                            "gandissect[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="score units on the running Dask cluster whose scheduler is at "
+                            "ADDRESS (tcp://HOST:PORT)")
+    p.add_argument("--scheduler-timeout", type=float, default=10.0,
+                   help="seconds to wait for --scheduler and its first worker (default 10)")
     p.add_argument("--out", default="results/artifacts")
     p.add_argument("--json", action="store_true", help="print the JSON result")
     p.set_defaults(func=run)
@@ -145,6 +160,23 @@ def _int_list(option: str, text: str, minimum: int) -> list[int]:
     return values
 
 
+def _cluster(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
+    """What ``--cluster`` / ``--scheduler`` ask for, checked before any model is loaded (a bad
+    spec, a method that runs here, or distributed missing raise here): a context giving a
+    Dask client, or None."""
+    if args.cluster is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    from ..dissection.cluster import dask_client, parse_cluster, require_distributed
+
+    if args.method != "effect":
+        raise ValueError(f"--cluster and --scheduler run the 'effect' method's per-unit work on "
+                         f"a Dask cluster; --method {args.method} runs in this process")
+    if args.cluster is not None:
+        parse_cluster(args.cluster)
+    require_distributed()
+    return dask_client(args.cluster, args.scheduler, timeout=args.scheduler_timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute the subcommand; returns the process exit code."""
     import segmenters
@@ -169,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-seed {eval_seed} (and {noise_seed}, the noise seed) must "
                          f"differ from --seed {args.seed}: the removal study must not reuse the "
                          "samples that chose the units")
+    cluster = _cluster(args)
     gen, disc = _load(args)
     if args.measure == "fid" and args.model not in TOYWORLD_MODELS:
         print(f"warning: the FID reference is rendered Toyworld scenes (features of the Toyworld "
@@ -199,9 +232,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     print(f"scoring {args.layer} units ({args.method}, {args.samples} samples of seed "
           f"{args.seed})...", file=sys.stderr)
-    scores = artifact_scores(gen, args.layer, measure, args.samples, args.seed, args.method,
-                             args.top, args.batch_size, args.replace, args.pool,
-                             args.verify_samples)
+    try:
+        with cluster as client:
+            scores = artifact_scores(gen, args.layer, measure, args.samples, args.seed,
+                                     args.method, args.top, args.batch_size, args.replace,
+                                     args.pool, args.verify_samples, client=client)
+    except ConnectionError as e:                 # --scheduler unreachable or without workers
+        raise ValueError(str(e)) from e
     t_scores = time.time() - t0
     ranking = scores.ranking()
     print(f"removal study ({args.eval_samples} samples of seed {eval_seed}, "

@@ -1,7 +1,8 @@
 """Dask clusters for ``dissect(..., client=...)`` and the other commands that fan out: a local
 cluster started for one run (``local:N``) or a running cluster reached through its scheduler's
 address (what ``--cluster`` and ``--scheduler`` use); payloads such as the pickled models
-installed once on every worker, replacements included (:func:`installed_on_workers`); and
+installed once on every worker, replacements included (:func:`installed_on_workers`,
+:func:`models_on_workers`); and
 tasks whose results arrive exactly once each, resubmitted when the cluster loses them
 (:func:`run_tasks`).
 
@@ -237,6 +238,23 @@ def _with_models(item: Any, fn: Callable[..., Any], name: str, threads: int | No
     return fn(installed_object(name), item, *args)
 
 
+@contextmanager
+def models_on_workers(client: Any, models: Any
+                      ) -> Iterator[Callable[..., Generator[tuple[int, Any], None, None]]]:
+    """For the ``with`` block, ``models`` pickled once and installed on every worker of
+    ``client``'s cluster (:func:`installed_on_workers`); yields ``run(fn, items, *args,
+    label=str, threads=1, retries=RETRIES)``, which runs ``fn(models, item, *args)`` for each
+    of ``items`` as tasks, like :func:`map_on_cluster` (several rounds of tasks share one
+    installation)."""
+    with installed_on_workers(client, pickle.dumps(models)) as name:
+        def run(fn: Callable[..., Any], items: Sequence[Any], *args: Any,
+                label: Callable[[Any], str] = str, threads: int | None = 1,
+                retries: int = RETRIES) -> Generator[tuple[int, Any], None, None]:
+            return run_tasks(client, _with_models, items, fn, name, threads, *args,
+                             label=label, retries=retries)
+        yield run
+
+
 def map_on_cluster(client: Any, models: Any, fn: Callable[..., Any], items: Sequence[Any],
                    *args: Any, label: Callable[[Any], str] = str, threads: int | None = 1,
                    retries: int = RETRIES) -> Generator[tuple[int, Any], None, None]:
@@ -247,10 +265,9 @@ def map_on_cluster(client: Any, models: Any, fn: Callable[..., Any], items: Sequ
     once per worker thread), never sent with a task; ``fn`` must be importable on the workers
     (a module-level function) and each task sets ``threads`` torch threads (None: leave them).
     Close the generator (``contextlib.closing``) when the loop may stop early."""
-    payload = pickle.dumps(models)
-    with installed_on_workers(client, payload) as name, \
-            closing(run_tasks(client, _with_models, items, fn, name, threads, *args,
-                              label=label, retries=retries)) as results:
+    with models_on_workers(client, models) as run, \
+            closing(run(fn, items, *args, label=label, threads=threads,
+                        retries=retries)) as results:
         yield from results
 
 
