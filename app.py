@@ -507,8 +507,9 @@ def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
     steps = getattr(args, "inversion_steps", None)
     inversion = (InversionSettings(optimize_steps=steps[0], adapt_steps=steps[1])
                  if steps else None)
+    dask = {k: v for k in ("cluster", "scheduler") if (v := getattr(args, k, None)) is not None}
     demo = build_app(**chosen, trust_pickle=getattr(args, "trust_pickle", False),
-                     fallback=chosen == DEFAULTS, inversion=inversion)
+                     fallback=chosen == DEFAULTS, inversion=inversion, **dask)
     launch_kw.setdefault("state_session_capacity", SESSIONS)
     launch_kw.setdefault("max_file_size", UPLOAD_LIMIT)
     return demo.queue(default_concurrency_limit=2, max_size=256).launch(
@@ -516,7 +517,12 @@ def launch(args: argparse.Namespace, **launch_kw: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    launch(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        launch(args)
+    except (ValueError, ImportError) as e:     # e.g. a bad --cluster, distributed missing
+        print(f"app.py: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,4 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None,
                         help="steps of an uploaded photo's feature optimisation and adaptation "
                              "(default 150 250; fewer: faster, rougher reconstructions)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="local:N", default=None,
+                       help="build brushes (when none are shipped or cached) on a Dask cluster "
+                            "of N worker processes started for the build (needs "
+                            "gandissect[dask]); the same brushes")
+    where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="build brushes on the running Dask cluster whose scheduler is at "
+                            "ADDRESS (tcp://HOST:PORT)")
     add_load_options(parser)

@@ -23,7 +23,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Generator
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,11 +292,14 @@ def _check_writable(folder: Path, default: bool) -> None:
 def load_or_build_brushes(generator: Any, segmenter: Any, layer: str, key: str,
                           folder: str | Path | None = None,
                           progress: Callable[[str], None] | None = None,
+                          cluster: Callable[[], AbstractContextManager[Any]] | None = None,
                           **build: Any) -> BrushSet:
     """Brushes from ``folder/<key>.json`` (default folder :func:`cache_dir`) if it passes
     :meth:`BrushSet.check` against the models, else built and saved there atomically (a cache
     that fails is rebuilt and overwritten, with a warning saying what was wrong). Raises
-    :class:`BrushCacheError` before building when the folder cannot be written."""
+    :class:`BrushCacheError` before building when the folder cannot be written. ``cluster()``
+    (e.g. ``lambda: dask_client("local:2")``) is entered only when a build is needed, and the
+    build runs on the Dask client it gives (:func:`build_brushes`' ``client``)."""
     say = progress or (lambda _msg: None)
     where = Path(folder) if folder is not None else cache_dir()
     path = where / f"{key}.json"
@@ -311,7 +314,9 @@ def load_or_build_brushes(generator: Any, segmenter: Any, layer: str, key: str,
             warnings.warn(msg, stacklevel=2)
             say(msg)
     _check_writable(where, folder is None)
-    brushes = build_brushes(generator, segmenter, layer, progress=progress, **build)
+    with cluster() if cluster is not None else nullcontext(None) as client:
+        brushes = build_brushes(generator, segmenter, layer, progress=progress, client=client,
+                                **build)
     try:
         atomic_write_bytes(path, brushes.to_json().encode())
     except OSError as e:                     # keep the minutes of work; say why it is not cached

@@ -5,6 +5,10 @@ a build of minutes, then each brush's effect is measured (:mod:`gandissect.paint
 
 The build and the measurement run on their own copies of the networks: they hook the
 generator for thousands of forward passes, which must never reach the images users see.
+With ``cluster="local:N"`` or ``scheduler="tcp://HOST:PORT"`` a brush build (not a shipped or
+cached file) runs on a Dask cluster (:func:`gandissect.paint.brushes.build_brushes`' client):
+a bad spec or a missing ``distributed`` is refused when the job is made, an unreachable
+scheduler fails the job with a message that names it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import copy
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ EXIT_WAIT_SECONDS = 120.0
 
 # where in the build a progress message puts us (build_brushes' messages), as fractions
 _ABLATIONS = re.compile(r"units (\d+)-(\d+) of (\d+)")
+_CLUSTER_ABLATIONS = re.compile(r"(\d+) of (\d+) units done")
 _EFFECTS = re.compile(r"brush effects: .* \((\d+) of (\d+)\)")
 
 
@@ -43,6 +49,8 @@ def progress_fraction(message: str, last: float) -> float:
 
     >>> progress_fraction("single-unit ablations over 32 samples: units 33-64 of 128 (x)", 0)
     0.3125
+    >>> progress_fraction("single-unit ablations over 32 samples: 64 of 128 units done", 0)
+    0.525
     >>> progress_fraction("an unknown message", 0.5)
     0.5
     """
@@ -50,6 +58,8 @@ def progress_fraction(message: str, last: float) -> float:
     if m:
         done, total = int(m.group(1)) - 1, int(m.group(3))
         value = 0.10 + 0.85 * done / max(total, 1)
+    elif (m := _CLUSTER_ABLATIONS.search(message)) is not None:
+        value = 0.10 + 0.85 * int(m.group(1)) / max(int(m.group(2)), 1)
     elif (m := _EFFECTS.search(message)) is not None:
         value = 0.95 + 0.05 * (int(m.group(1)) - 1) / max(int(m.group(2)), 1)
     elif message.startswith("dissecting"):
@@ -59,6 +69,22 @@ def progress_fraction(message: str, last: float) -> float:
     else:
         value = last
     return max(last, value)
+
+
+def _dask(cluster: str | None, scheduler: str | None, timeout: float
+          ) -> Callable[[], AbstractContextManager[Any]] | None:
+    """``None`` without a cluster, else what opens a client to it (``dask_client``), after
+    checking the spec and that ``distributed`` is installed (raising here, at once)."""
+    if cluster is None and scheduler is None:
+        return None
+    from ..dissection.cluster import dask_client, parse_cluster, require_distributed
+
+    if cluster is not None and scheduler is not None:
+        raise ValueError("give either --cluster local:N or --scheduler ADDRESS, not both")
+    if cluster is not None:
+        parse_cluster(cluster)
+    require_distributed()
+    return lambda: dask_client(cluster, scheduler, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -79,12 +105,17 @@ class PainterJob:
     """Opens a :class:`Painter` for ``layer`` of ``model`` in a daemon thread (:meth:`start`).
 
     ``painter`` is there once the models are loaded (it renders, but strokes wait for
-    :attr:`Painter.ready`); ``effects`` once measured. ``build`` goes to the brush build."""
+    :attr:`Painter.ready`); ``effects`` once measured. ``build`` goes to the brush build;
+    ``cluster`` (``local:N``) or ``scheduler`` (an address, reached within
+    ``scheduler_timeout`` seconds) run a brush build on a Dask cluster."""
 
     def __init__(self, model: str, segmenter: str, layer: str, folder: str | Path | None = None,
                  trust_pickle: bool = False, strengths: Sequence[int] = STRENGTHS,
                  effect_samples: int = 16, shipped: Path | None = SHIPPED,
-                 fallback: tuple[str, str, str] | None = None, **build: Any) -> None:
+                 fallback: tuple[str, str, str] | None = None, cluster: str | None = None,
+                 scheduler: str | None = None, scheduler_timeout: float = 10.0,
+                 **build: Any) -> None:
+        self._cluster = _dask(cluster, scheduler, scheduler_timeout)
         self.model, self.segmenter, self.layer = model, segmenter, layer
         self.fallback = fallback
         self.notes: list[str] = []
@@ -194,7 +225,7 @@ class PainterJob:
             work_gen, work_seg = copy.deepcopy(gen), copy.deepcopy(seg)
             brushes = shipped_brushes(work_gen, work_seg, self.layer, key, self.shipped) or \
                 load_or_build_brushes(work_gen, work_seg, self.layer, key, self.folder,
-                                      self._say, **self.build)
+                                      self._say, cluster=self._cluster, **self.build)
             if not brushes.brushes:
                 raise ValueError(f"no concept has causal units in layer {self.layer!r} of "
                                  f"{self.model!r}; pick another --layer")
