@@ -21,6 +21,7 @@ Without ``scene_type`` the renderer draws exactly what it always drew.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cv2
@@ -29,6 +30,9 @@ import numpy as np
 from .concepts import LEAF_ID, LEAVES, PART_OF, leaves_to_masks
 
 _MAX_PRIMITIVES = 255
+#: ``sub(kind, k)``: the random stream of the ``k``-th object of ``kind`` (latent renderer only;
+#: the seeded renderer draws everything from one stream).
+_Substreams = Callable[[str, int], np.random.Generator]
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ _ROOFS = ((0.60, 0.15, 0.10), (0.35, 0.20, 0.12), (0.25, 0.25, 0.30), (0.50, 0.3
 _CROWNS = ((0.12, 0.40, 0.10), (0.08, 0.30, 0.12), (0.20, 0.45, 0.08), (0.75, 0.45, 0.10))
 
 
-def _draw_sky(cv: _Canvas, rng: np.random.Generator, horizon: float) -> dict:
+def _draw_sky(cv: _Canvas, rng: np.random.Generator, horizon: float,
+              sub: _Substreams | None = None) -> dict:
     kind = ("day", "dusk", "overcast")[int(rng.choice(3, p=[0.55, 0.25, 0.20]))]
     top, bottom = (_jitter(rng, c, 0.05) for c in _SKIES[kind])
     sky = cv.new("sky", top)
@@ -133,7 +138,8 @@ def _draw_sky(cv: _Canvas, rng: np.random.Generator, horizon: float) -> dict:
         cv.ellipse(cv.new("sun", _jitter(rng, color, 0.03)), cx, cy, r, r)
     cloud_color = {"day": (0.96, 0.96, 0.97), "dusk": (0.90, 0.70, 0.72),
                    "overcast": (0.45, 0.46, 0.50)}[kind]
-    for _ in range(int(rng.integers(0, 4 if kind != "overcast" else 5))):
+    for k in range(int(rng.integers(0, 4 if kind != "overcast" else 5))):
+        rng = sub("cloud", k) if sub else rng
         pid = cv.new("cloud", _jitter(rng, cloud_color, 0.03))
         cx, cy = rng.uniform(0.0, 1.0), rng.uniform(0.06, max(horizon - 0.15, 0.1))
         w = rng.uniform(0.10, 0.22)
@@ -144,9 +150,10 @@ def _draw_sky(cv: _Canvas, rng: np.random.Generator, horizon: float) -> dict:
 
 
 def _draw_mountains(cv: _Canvas, rng: np.random.Generator, horizon: float,
-                    prior: _Prior = _DEFAULT_PRIOR) -> None:
+                    prior: _Prior = _DEFAULT_PRIOR, sub: _Substreams | None = None) -> None:
     hlo, hhi = prior.mountain_height
-    for _ in range(int(rng.integers(*prior.mountains))):
+    for k in range(int(rng.integers(*prior.mountains))):
+        rng = sub("mountain", k) if sub else rng
         base = _jitter(rng, ((0.42, 0.45, 0.55), (0.45, 0.38, 0.32), (0.38, 0.40, 0.46))
                        [int(rng.integers(3))], 0.05)
         pid = cv.new("mountain", base)
@@ -164,9 +171,11 @@ def _draw_mountains(cv: _Canvas, rng: np.random.Generator, horizon: float,
 
 
 def _draw_ground(cv: _Canvas, rng: np.random.Generator, horizon: float,
-                 prior: _Prior = _DEFAULT_PRIOR) -> None:
+                 prior: _Prior = _DEFAULT_PRIOR, sub: _Substreams | None = None) -> None:
     grass = cv.new("grass", _jitter(rng, (0.30, 0.62, 0.22), 0.07))
     cv.rect(grass, 0.0, horizon, 1.0, 1.0)
+    if sub:
+        rng = sub("water", 0)
     if rng.random() < prior.water_p:
         water = cv.new("water", _jitter(rng, (0.12, 0.32, 0.62), 0.05))
         if rng.random() < prior.lake_p:  # lake
@@ -177,6 +186,8 @@ def _draw_ground(cv: _Canvas, rng: np.random.Generator, horizon: float,
             wa, wb = rng.uniform(0.02, 0.05), rng.uniform(0.10, 0.22)
             cv.poly(water, [(xa - wa, horizon), (xa + wa, horizon), (xb + wb, 1.0),
                             (xb - wb, 1.0)])
+    if sub:
+        rng = sub("road", 0)
     if rng.random() < prior.road_p:
         road = cv.new("road", _jitter(rng, (0.40, 0.40, 0.42), 0.05))
         xv, xb = rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.9)

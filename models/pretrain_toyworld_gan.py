@@ -1,0 +1,273 @@
+"""Supervised start for the bundled Toyworld generator: regress ``G(z)`` onto ``render_latent(z)``.
+
+``models.toyworld.latent.render_latent`` draws a Toyworld scene as a function of a 128-d normal
+latent. Training the generator to reproduce it from the same latent teaches it where every house,
+door, window and tree goes with a dense per-pixel signal, which an adversarial loss alone did not
+manage in the CPU budget (models/TRAINING.md). The adversarial stage then starts from these
+weights (``python -m models.train_toyworld_gan --init-generator <out>/checkpoint.pt``) to add
+texture and sharpness.
+
+Loss: L1 between ``G(z)`` and the texture-free render, per pixel weighted ``1 + edge_weight`` on
+pixels whose leaf differs from a 4-neighbour's and ``1 + part_weight`` on door, window and trunk
+pixels (small parts that an unweighted L1 nearly ignores). Fresh scenes every step (no fixed
+training set), Adam, EMA generator, checkpoints every few minutes with ``--resume``::
+
+    python -m models.pretrain_toyworld_gan --seed 0 --iters 20000 --out runs/p1
+    python -m models.pretrain_toyworld_gan --out runs/p1 --resume --iters 40000
+    python -m models.pretrain_toyworld_gan --out runs/p1 --export-to runs/p1/weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.toyworld.concepts import LEAF_ID
+from models.toyworld.latent import render_latent_batch
+from models.toyworld_gan import GENERATOR_FILE, METADATA_FILE, Z_DIM, ToyworldGenerator
+from models.train_toyworld_gan import _storable, recalibrate_batchnorm, sample_grid
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+_PARTS = [LEAF_ID[n] for n in ("door", "window", "trunk")]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines a pretraining run (stored in its checkpoint)."""
+
+    seed: int = 0
+    batch: int = 32
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.99
+    ema_decay: float = 0.999
+    edge_weight: float = 2.0
+    part_weight: float = 4.0
+    upsample: str = "transpose"
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
+
+
+def pixel_weights(leaf: torch.Tensor, edge_weight: float, part_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``[n, 1, S, S]`` for leaf maps ``[n, S, S]`` (module docstring)."""
+    lf = leaf.long()
+    edge = torch.zeros_like(lf, dtype=torch.bool)
+    edge[:, 1:, :] |= lf[:, 1:, :] != lf[:, :-1, :]
+    edge[:, :-1, :] |= lf[:, 1:, :] != lf[:, :-1, :]
+    edge[:, :, 1:] |= lf[:, :, 1:] != lf[:, :, :-1]
+    edge[:, :, :-1] |= lf[:, :, 1:] != lf[:, :, :-1]
+    part = torch.isin(lf, torch.tensor(_PARTS))
+    return (1.0 + edge_weight * edge.float() + part_weight * part.float()).unsqueeze(1)
+
+
+class Pretrainer:
+    """Generator, EMA copy, optimiser and latent stream; one :meth:`step` is one regression
+    update on a fresh batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        init = torch.Generator().manual_seed(settings.seed)
+        with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
+            self.g = ToyworldGenerator(upsample=settings.upsample)
+        self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(self.g.parameters(), settings.lr,
+                                    betas=(settings.beta1, settings.beta2))
+        self.rng = torch.Generator().manual_seed(settings.seed + 1)
+        self.iteration = 0
+
+    def lr_factor(self) -> float:
+        s, i = self.s, self.iteration
+        if not s.lr_decay_start or i < s.lr_decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (i - s.lr_decay_start) / max(s.lr_decay_end - s.lr_decay_start, 1))
+
+    def step(self) -> float:
+        """One update; returns the weighted L1 loss. Raises ``FloatingPointError`` on NaN."""
+        s = self.s
+        for group in self.opt.param_groups:
+            group["lr"] = s.lr * self.lr_factor()
+        z = torch.randn(s.batch, Z_DIM, generator=self.rng)
+        images, leaves = render_latent_batch(z.double().numpy())
+        target = torch.from_numpy(images)
+        weight = pixel_weights(torch.from_numpy(leaves), s.edge_weight, s.part_weight)
+        self.g.train()
+        loss = (weight * (self.g(z) - target).abs()).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at iteration {self.iteration}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.iteration += 1
+        with torch.no_grad():
+            decay = min(s.ema_decay, (1.0 + self.iteration) / (10.0 + self.iteration))
+            for pe, p in zip(self.g_ema.parameters(), self.g.parameters(), strict=True):
+                pe.lerp_(p, 1.0 - decay)
+            for be, b in zip(self.g_ema.buffers(), self.g.buffers(), strict=True):
+                be.copy_(b)
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "toyworld-pretrain", "settings": asdict(self.s),
+                "iteration": self.iteration, "g": self.g.state_dict(),
+                "g_ema": self.g_ema.state_dict(), "opt": self.opt.state_dict(),
+                "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["g"])
+        self.g_ema.load_state_dict(state["g_ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.rng.set_state(state["rng"])
+        self.iteration = int(state["iteration"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a pretraining checkpoint safely (``weights_only=True``) or raise a clear error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretraining checkpoint at {path}")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"checkpoint {path} is unreadable ({e})") from e
+    if not isinstance(state, dict) or state.get("kind") != "toyworld-pretrain":
+        raise ValueError(f"{path} is not a checkpoint of models.pretrain_toyworld_gan")
+    return state
+
+
+@torch.no_grad()
+def held_out_l1(gen: ToyworldGenerator, n: int = 256, seed: int = 999) -> float:
+    """Unweighted L1 of ``gen`` (eval mode) against texture-free renders of ``n`` fixed latents."""
+    z = torch.randn(n, Z_DIM, generator=torch.Generator().manual_seed(seed))
+    images, _ = render_latent_batch(z.double().numpy())
+    was = gen.training
+    gen.eval()
+    out = gen(z)
+    gen.train(was)
+    return float((out - torch.from_numpy(images)).abs().mean())
+
+
+def export(state: dict[str, Any], weights_dir: Path, command: str, bn_batches: int = 50) -> None:
+    """Write the EMA generator (float16, BatchNorm recalibrated) and its metadata."""
+    from safetensors.torch import save_file
+
+    trainer = Pretrainer(Settings(**state["settings"]))
+    trainer.load_state_dict(state)
+    gen = trainer.g_ema
+    recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_storable(gen.state_dict(), True), str(weights_dir / GENERATOR_FILE))
+    meta = {"stage": "pretrain (regression onto render_latent)", "seed": trainer.s.seed,
+            "iterations": trainer.iteration, "settings": asdict(trainer.s),
+            "training_seconds": round(float(state.get("elapsed_seconds", 0.0)), 1),
+            "held_out_l1": round(held_out_l1(gen), 5), "stored_dtype": "float16",
+            "torch": torch.__version__, "command": command}
+    with open(weights_dir / METADATA_FILE, "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run or resume pretraining as configured by ``args``; returns an exit code."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        state = load_checkpoint(out / CHECKPOINT)
+        trainer = Pretrainer(Settings(**state["settings"]))
+        trainer.load_state_dict(state)
+        elapsed0 = float(state.get("elapsed_seconds", 0.0))
+        print(f"resumed at iteration {trainer.iteration}", flush=True)
+    else:
+        trainer = Pretrainer(Settings(seed=args.seed, batch=args.batch, lr=args.lr,
+                                      edge_weight=args.edge_weight, part_weight=args.part_weight,
+                                      upsample=args.upsample, lr_decay_start=args.lr_decay_start,
+                                      lr_decay_end=args.lr_decay_end or args.iters))
+        elapsed0 = 0.0
+        with open(out / LOG, "w") as f:
+            f.write("iteration,seconds,loss,held_out_l1\n")
+    start = last = time.time()
+    deadline = start + args.max_minutes * 60 if args.max_minutes else math.inf
+    running = math.nan
+    with open(out / LOG, "a") as log:
+        while trainer.iteration < args.iters:
+            try:
+                loss = trainer.step()
+            except FloatingPointError as e:
+                print(f"STOPPED: {e}; the last checkpoint is kept", file=sys.stderr, flush=True)
+                return 2
+            running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
+            it, now = trainer.iteration, time.time()
+            done = it >= args.iters or now >= deadline
+            snapshot = bool(args.snapshot_every) and it % args.snapshot_every == 0
+            if done or snapshot or now - last >= args.checkpoint_minutes * 60:
+                elapsed = elapsed0 + now - start
+                state = trainer.state_dict()
+                state["elapsed_seconds"] = elapsed
+                torch.save(state, out / (CHECKPOINT + ".tmp"))
+                os.replace(out / (CHECKPOINT + ".tmp"), out / CHECKPOINT)
+                if snapshot:
+                    snap = out / "snapshots" / f"iter_{it:06d}"
+                    snap.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out / CHECKPOINT, snap / CHECKPOINT)
+                held = held_out_l1(trainer.g_ema, n=args.preview)
+                log.write(f"{it},{elapsed:.1f},{running:.5f},{held:.5f}\n")
+                log.flush()
+                sample_grid(trainer.g_ema, out / "samples.png", n=args.preview)
+                print(f"iteration {it}: loss {running:.4f}, held-out L1 (EMA, {args.preview}) "
+                      f"{held:.4f}, "
+                      f"{elapsed:.0f}s", flush=True)
+                last = now
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(prog="python -m models.pretrain_toyworld_gan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/pretrain")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--iters", type=int, default=20000)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--edge-weight", type=float, default=d.edge_weight)
+    p.add_argument("--part-weight", type=float, default=d.part_weight)
+    p.add_argument("--upsample", choices=("transpose", "nearest"), default=d.upsample)
+    p.add_argument("--lr-decay-start", type=int, default=0)
+    p.add_argument("--lr-decay-end", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-minutes", type=float, default=0.0)
+    p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p.add_argument("--snapshot-every", type=int, default=0)
+    p.add_argument("--preview", type=int, default=64,
+                   help="latents for the held-out L1 and the sample grid at each checkpoint")
+    p.add_argument("--bn-batches", type=int, default=50,
+                   help="batches of 64 for BatchNorm recalibration at --export-to")
+    p.add_argument("--export-to", default=None,
+                   help="write the EMA generator of <out>/checkpoint.pt to this folder and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.export_to:
+        state = load_checkpoint(Path(args.out) / CHECKPOINT)
+        export(state, Path(args.export_to), "python -m models.pretrain_toyworld_gan "
+               + " ".join(sys.argv[1:] if argv is None else argv), args.bn_batches)
+        return 0
+    return train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
