@@ -6,7 +6,7 @@ per-batch code (:func:`_run_span`), shared by one process and the workers
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -80,6 +80,46 @@ class _Run:
                            len(self.cat_names), guess)
 
 
+@dataclass
+class _BatchCache:
+    """Pass-1 outputs one process keeps for its later rounds, up to ``budget`` bytes: per batch
+    start, the layers' activations and the segmentation (``flat`` masks, ``present``,
+    ``coded``). A batch cached in pass 1 runs the whole generator and the segmenter once
+    (instead of the generator up to the layer in pass 1 and again, whole, in pass 2); later
+    pass-1 rounds and pass 2 read it (pass 2 frees it). The tensors are the ones the passes
+    would compute again (a deterministic generator and segmenter), so results are unchanged."""
+
+    budget: int
+    used: int = 0
+    per_sample: int = 0
+    entries: dict[int, tuple[dict[str, torch.Tensor], tuple[Any, ...], int]] = \
+        field(default_factory=dict)
+
+    def room(self, n: int) -> bool:
+        """Whether a batch of ``n`` samples would fit (the first batch is tried unseen)."""
+        return self.budget > 0 and self.used + self.per_sample * n <= self.budget
+
+    def put(self, start: int, acts: dict[str, torch.Tensor], seg: tuple[Any, ...],
+            n: int) -> None:
+        size = sum(t.nbytes for t in acts.values()) + sum(
+            t.nbytes for part in seg if part is not None
+            for t in (part if isinstance(part, tuple) else (part,)))
+        self.per_sample = max(self.per_sample, -(-size // n))
+        if self.used + size <= self.budget:
+            self.entries[start] = (acts, seg, size)
+            self.used += size
+
+    def take(self, start: int, free: bool) -> tuple[dict[str, torch.Tensor], tuple[Any, ...]
+                                                    ] | None:
+        """The batch at ``start`` if cached (and forgotten when ``free``)."""
+        hit = self.entries.pop(start, None) if free else self.entries.get(start)
+        if hit is None:
+            return None
+        if free:
+            self.used -= hit[2]
+        return hit[0], hit[1]
+
+
 def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], start: int,
                 seed: int) -> None:
     """Refuse NaN/inf activations (naming the layer and the global sample index) and maps
@@ -95,35 +135,58 @@ def _check_acts(acts: dict[str, torch.Tensor], states: dict[str, _LayerState], s
 
 
 def _run_batch(run: _Run, states: dict[str, _LayerState], phase: int, start: int, n: int,
-               seen: int) -> None:
+               seen: int, cache: _BatchCache | None = None) -> None:
     """Add samples ``start .. start+n-1`` to ``states`` (the layers this round runs) in pass
     ``phase``; ``seen`` as in :meth:`_LayerState.pass1`. On a probe set the model stops after
-    the deepest layer in both passes (the masks come from the probe set)."""
+    the deepest layer in both passes (the masks come from the probe set). With a ``cache``
+    (one process, not on a probe set) pass 1 keeps what pass 2 needs while it has room."""
     cfg, gen = run.cfg, run.generator
-    z = gen.sample_latents(n, cfg.seed, start)
     idx = torch.arange(start, start + n, device=run.dev)
-    images: Any = None
-    with Trace(gen, list(states), stop=(phase == 1 or run.probe is not None)) as tr, \
-            _precision(run):
-        images = gen(z)
-    acts = {k: tr[k].float() for k in states}
-    _check_acts(acts, states, start, cfg.seed)
+    hit = cache.take(start, free=phase == 2) if cache is not None else None
+    keep = hit is None and cache is not None and phase == 1 and cache.room(n) \
+        and set(states) == set(cfg.layers)          # pass 2 needs every layer
+    if hit is not None:
+        acts = {k: hit[0][k] for k in states}
+    else:
+        z = gen.sample_latents(n, cfg.seed, start)
+        images: Any = None
+        with Trace(gen, list(states), stop=(phase == 1 and not keep) or run.probe is not None
+                   ) as tr, _precision(run):
+            images = gen(z)
+        acts = {k: tr[k].float() for k in states}
+        _check_acts(acts, states, start, cfg.seed)
+    if keep:
+        assert cache is not None
+        cache.put(start, acts, _segmentation(run, images), n)
     if phase == 1:
         for k, st in states.items():
             st.pass1(acts[k], idx, cfg.threshold == "quantile", seen)
+    elif hit is not None:
+        flat, present, coded = hit[1]
+        for k, st in states.items():
+            st.pass2(acts[k], flat, present, coded)
     else:
         if run.probe is not None:
             masks = probe_masks(run.probe, start, n).to(run.dev)
             if tuple(masks.shape[2:]) != run.dst:
                 masks = F.interpolate(masks.float(), size=run.dst, mode="nearest") > 0.5
+            present = _category_presence(masks, run.cat_of, len(run.cat_names))
+            flat = masks.flatten(2)
+            coded = encode_rows(flat, present)
         else:
-            with _precision(run):
-                masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
-        present = _category_presence(masks, run.cat_of, len(run.cat_names))
-        flat = masks.flatten(2)
-        coded = encode_rows(flat, present)
+            flat, present, coded = _segmentation(run, images)
         for k, st in states.items():
             st.pass2(acts[k], flat, present, coded)
+
+
+def _segmentation(run: _Run, images: torch.Tensor) -> tuple[Any, ...]:
+    """``(flat masks [n, C, P], present [n, K], coded)`` of generated ``images``, as pass 2
+    computes them."""
+    with _precision(run):
+        masks = _segment(run.segmenter, images, run.R, run.seg_hw, run.dst)
+    present = _category_presence(masks, run.cat_of, len(run.cat_names))
+    flat = masks.flatten(2)
+    return flat, present, encode_rows(flat, present)
 
 
 def _precision(run: _Run) -> torch.autocast:
@@ -134,14 +197,16 @@ def _precision(run: _Run) -> torch.autocast:
 
 
 def _run_span(run: _Run, states: dict[str, _LayerState], phase: int, start: int, stop: int,
-              seen: int, after_batch: Callable[[int, int], None] | None = None) -> None:
+              seen: int, after_batch: Callable[[int, int], None] | None = None,
+              cache: _BatchCache | None = None) -> None:
     """Add samples ``start .. stop-1`` batch by batch (``start`` a multiple of the batch size,
     so the batches are those of a one-process run); ``seen`` = samples of the round already in
-    ``states``; ``after_batch(first, end)`` after each batch. Shared by one process and workers."""
+    ``states``; ``after_batch(first, end)`` after each batch. Shared by one process and workers
+    (only one process passes a ``cache``)."""
     s = start
     while s < stop:
         n = min(run.cfg.batch_size, stop - s)
-        _run_batch(run, states, phase, s, n, seen + s - start)
+        _run_batch(run, states, phase, s, n, seen + s - start, cache)
         s += n
         if after_batch is not None:
             after_batch(s - n, s)

@@ -55,7 +55,7 @@ import torch
 
 from ..common.fingerprint import fingerprint
 from ..common.hooks import Trace
-from .batches import _Run, _run_span
+from .batches import _BatchCache, _Run, _run_span
 from .config import DissectConfig, DissectMismatchError
 from .folder import locked
 from .layer_stats import _finish_iqr, _finish_quantile, _LayerState
@@ -83,7 +83,8 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
             checkpoint_seconds: float = 30.0, progress: bool = False,
             on_batch: Callable[[int, int], None] | None = None, workers: int = 1,
             executor: Executor | None = None, threads_per_worker: int = 1,
-            client: Any = None, dtype: str = "float32", **extra: Any) -> dict[str, LayerResult]:
+            client: Any = None, dtype: str = "float32", cache_mb: float = 512,
+            **extra: Any) -> dict[str, LayerResult]:
     """Dissect ``layers`` of ``generator`` with ``segmenter`` over samples ``0..samples-1`` of
     ``seed``; return one :class:`LayerResult` per layer (see the module docstring).
 
@@ -120,6 +121,12 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     slower where it is emulated); the statistics stay exact on the activations and masks so
     computed, and labels may differ from float32 where units are close
     (``benchmarks/dissect.py --dtype bfloat16`` measures the agreement).
+
+    ``cache_mb``: in one process (no workers, executor or client; not on a probe set), pass 1
+    keeps up to this many MB of its batches' activations and segmentations, so pass 2 does not
+    run the generator and segmenter again for them (pass 1 then runs them whole instead of up
+    to the layer): the same result, about one prefix of the generator cheaper per cached
+    batch; 0 keeps nothing (the statistics' memory then does not grow with ``samples``).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     weights = fingerprint(generator, segmenter)
@@ -147,8 +154,13 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     folder = Path(out) if out is not None else None
     pool = _Pool(run, workers, executor, threads_per_worker, client) \
         if workers > 1 or executor is not None or client is not None else None
+    if cache_mb < 0:
+        raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+    cache = _BatchCache(int(cache_mb * 2**20)) \
+        if pool is None and run.probe is None and cache_mb > 0 else None
     with locked(folder):
-        return _dissect_locked(run, folder, pool, checkpoint_seconds, progress, on_batch)
+        return _dissect_locked(run, folder, pool, checkpoint_seconds, progress, on_batch,
+                               cache)
 
 
 def dissect_probe(model: Any, probe: Any, layers: str | Sequence[str], samples: int | None = None,
@@ -172,7 +184,8 @@ def dissect_probe(model: Any, probe: Any, layers: str | Sequence[str], samples: 
 
 def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
                     checkpoint_seconds: float, progress: bool,
-                    on_batch: Callable[[int, int], None] | None) -> dict[str, LayerResult]:
+                    on_batch: Callable[[int, int], None] | None,
+                    cache: _BatchCache | None = None) -> dict[str, LayerResult]:
     """:func:`dissect` once ``folder`` (if any) is locked: reuse or resume what it holds, run
     the rounds (on ``pool`` if any, closed at the end), save the results."""
     cfg = run.cfg
@@ -242,7 +255,8 @@ def _dissect_locked(run: _Run, folder: Path | None, pool: _Pool | None,
                 else:
                     for lo, hi in todo:
                         _run_span(run, needed, phase, lo, hi, seen=done_count(),
-                                  after_batch=lambda a, b: finished(a, b, True))
+                                  after_batch=lambda a, b: finished(a, b, True),
+                                  cache=cache)
                 failed = {k: st.failed_units() for k, st in states.items()} \
                     if phase == 1 and cfg.threshold == "quantile" else {}
                 if any(bool(f.any()) for f in failed.values()):
