@@ -17,6 +17,10 @@ architecture; sparsity on the activations).
 ``workers=N`` (spawned processes, ``--threads`` torch threads each; pool start-up included) of
 the same samples: the wall-time ratio workers=N / workers=1 measured in this run, and whether
 the two results are bit-identical.
+One process keeps up to ``--cache-mb`` (default 512, as ``dissect``) of pass 1's activations and
+segmentations, so pass 2 does not run the generator and segmenter again; ``--cache-mb 0`` gives
+the fixed-memory two-pass run (its ratio also carries the generator up to the layer once more),
+and is what the memory runs of (2) should use to show memory independent of the sample count.
 (5) with ``--dtype bfloat16``, after the float32 runs, one dissection of the same samples with
 ``dtype="bfloat16"`` (autocast forward passes): its speed-up over the float32 dissection
 (wall time, measured in this run) and the label agreement: the fraction of units interpretable
@@ -85,7 +89,8 @@ def run_dissect(gen: Any, seg: Any, args: argparse.Namespace, samples: int, work
     t0, c0 = time.perf_counter(), time.process_time()
     res = dissect(gen, seg, args.layer, samples=samples, seed=args.seed,
                   batch_size=args.batch_size, threshold=args.threshold, workers=workers,
-                  threads_per_worker=args.threads, client=client, dtype=dtype)
+                  threads_per_worker=args.threads, client=client, dtype=dtype,
+                  cache_mb=args.cache_mb)
     return time.perf_counter() - t0, time.process_time() - c0, res
 
 
@@ -148,6 +153,8 @@ def main() -> int:
     p.add_argument("--segmenter", default="toyworld")
     p.add_argument("--layer", action="append", default=None)
     p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--cache-mb", type=float, default=512,
+                   help="dissect(cache_mb=): MB of pass-1 batches one process keeps for pass 2")
     p.add_argument("--mem-samples", default="1000,10000",
                    help="comma-separated sample counts for the memory runs ('' to skip)")
     p.add_argument("--seed", type=int, default=1)
@@ -233,7 +240,8 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--worker-mem", str(n), "--model", args.model,
                "--segmenter", args.segmenter, "--seed", str(args.seed), "--batch-size",
                str(args.batch_size), "--threshold", args.threshold, "--threads",
-               str(args.threads)] + sum((["--layer", la] for la in args.layer), [])
+               str(args.threads), "--cache-mb", str(args.cache_mb)
+               ] + sum((["--layer", la] for la in args.layer), [])
         if args.random_weights:
             cmd.append("--random-weights")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

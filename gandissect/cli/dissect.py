@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bfloat16: forward passes under bfloat16 autocast (faster on GPUs and "
                         "CPUs with native bfloat16, much slower where it is emulated); the "
                         "statistics stay exact on what they compute (default float32)")
+    p.add_argument("--cache-mb", type=float, default=512,
+                   help="in one process, keep up to this many MB of pass 1's activations and "
+                        "masks so that pass 2 does not run the models again (same result; "
+                        "0: memory independent of --samples; default 512)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (spawned, one torch thread each); every pass is split "
                         "into chunks of samples across them; the result is bit-identical to "
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 iou_threshold=args.iou_threshold, out=args.out,
                 checkpoint_seconds=args.checkpoint_seconds, progress=not args.no_progress,
                 workers=args.workers, client=client, model_name=model_name,
-                segmenter_name=seg_name, dtype=args.dtype)
+                segmenter_name=seg_name, dtype=args.dtype, cache_mb=args.cache_mb)
     except (DissectMismatchError, DissectLockedError, DissectStateError) as e:
         # exit 3: the folder holds or serves another run, or its saved state is damaged
         print(f"gandissect dissect: error: {e}", file=sys.stderr)

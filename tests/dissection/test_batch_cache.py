@@ -6,6 +6,7 @@ rounds."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +64,14 @@ def test_extra_pass1_rounds_read_the_cache(monkeypatch: pytest.MonkeyPatch) -> N
 def test_negative_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="cache_mb must be >= 0"):
         dissect(TinyGenerator(), TinySegmenter(), "b", cache_mb=-1, **KW)
+
+
+def test_cli_cache_mb(tmp_path: Path) -> None:
+    from gandissect.cli import main
+    from gandissect.dissection.results import load_results
+
+    base = ["dissect", "--model", "planted", "--segmenter", "planted", "--layer", "layout",
+            "--samples", "16", "--batch-size", "8", "--no-report", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "kept")]) == 0
+    assert main([*base, "--cache-mb", "0", "--out", str(tmp_path / "none")]) == 0
+    assert_identical(load_results(tmp_path / "kept"), load_results(tmp_path / "none"))
