@@ -22,6 +22,11 @@ In quantile mode both passes upsample only where needed (:meth:`Upsampler.iter_a
 output rows whose source rows may exceed the cut are interpolated), bit-identically to the dense
 upsampling, so no pass holds a batch's full-resolution maps.
 
+In one process, pass 1 keeps its batches' activations and segmentations up to ``cache_mb``
+(:class:`~.batches._BatchCache`): those batches run the whole generator and the segmenter once,
+in pass 1, and pass 2 (and any later pass-1 round) reads them instead of running the models
+again; the tensors are the ones the models would give again, so the result is unchanged.
+
 ``category_conditioned=True`` (Broden style): the union for concept ``c`` counts only pixels of
 images where ``c``'s category is present, i.e. where some concept of that category has at least
 one pixel. When every image shows every category this equals the plain IoU.
