@@ -79,6 +79,7 @@ class Settings:
     lr_decay_end: int = 0
     semantic_d: bool = False
     rate_weight: float = 0.0
+    init_generator: str = ""
 
     def __post_init__(self) -> None:
         if self.lr_decay_start < 0 or (self.lr_decay_start
@@ -437,6 +438,22 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50,
     return meta
 
 
+def init_from_pretraining(trainer: Trainer, path: Path) -> None:
+    """Start ``trainer``'s generator and its EMA copy from the EMA generator of a
+    ``models.pretrain_toyworld_gan`` checkpoint (same ``upsample``, else a clear error)."""
+    from .pretrain_toyworld_gan import load_checkpoint as load_pretraining
+
+    state = load_pretraining(path)
+    if state["settings"]["upsample"] != trainer.s.upsample:
+        raise ValueError(f"{path} was pretrained with --upsample "
+                         f"{state['settings']['upsample']}, this run uses {trainer.s.upsample}; "
+                         "pass the same --upsample")
+    trainer.g.load_state_dict(state["g_ema"])
+    trainer.g_ema.load_state_dict(state["g_ema"])
+    print(f"generator initialised from {path} (pretraining iteration {state['iteration']})",
+          flush=True)
+
+
 def train(args: argparse.Namespace) -> int:
     """Run (or resume) training as configured by ``args``; returns a process exit code."""
     torch.set_num_threads(args.threads)
@@ -450,6 +467,7 @@ def train(args: argparse.Namespace) -> int:
                          reuse_fake=args.reuse_fake, upsample=args.upsample,
                          lr_decay_start=args.lr_decay_start,
                          semantic_d=args.semantic_d, rate_weight=args.rate_weight,
+                         init_generator=args.init_generator,
                          lr_decay_end=((args.lr_decay_end or args.iters)
                                        if args.lr_decay_start else 0)))
     if state is not None and args.lr_decay_start and not settings.lr_decay_start:
@@ -474,6 +492,8 @@ def train(args: argparse.Namespace) -> int:
         print(f"resumed from {out / CHECKPOINT} at iteration {trainer.iteration}", flush=True)
     else:
         trainer = Trainer(settings, pool)
+        if settings.init_generator:
+            init_from_pretraining(trainer, Path(settings.init_generator))
         elapsed0 = 0.0
         with open(out / LOG, "w") as f:
             f.write("iteration,seconds,d_loss,g_loss,r1\n")
@@ -566,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the leaf-rate controller: pushes each leaf's drawn rate "
                         "(as the frozen segmenter sees it) towards the real scenes' rate "
                         "(0 = off)")
+    p.add_argument("--init-generator", default=d.init_generator,
+                   help="start the generator from a models.pretrain_toyworld_gan checkpoint")
     p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--max-minutes", type=float, default=0.0,

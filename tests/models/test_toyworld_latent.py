@@ -141,3 +141,22 @@ def test_a_foreign_checkpoint_is_refused(tmp_path) -> None:
     torch.save({"iteration": 3}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="not a checkpoint"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_adversarial_training_starts_from_the_pretrained_generator(tmp_path, capsys) -> None:
+    from models import train_toyworld_gan as gan
+
+    torch.set_num_threads(1)
+    pre = tmp_path / "pre"
+    assert main(["--out", str(pre), "--iters", "1", "--batch", "2", "--preview", "2"]) == 0
+    pretrained = load_checkpoint(pre / "checkpoint.pt")["g_ema"]
+    out = tmp_path / "gan"
+    argv = ["--out", str(out), "--iters", "0", "--pool", "8", "--batch", "4",
+            "--init-generator", str(pre / "checkpoint.pt")]
+    assert gan.main(argv) == 0
+    state = gan.load_checkpoint(out)
+    for k, v in pretrained.items():
+        assert torch.equal(state["g"][k], v) and torch.equal(state["g_ema"][k], v)
+    assert state["settings"]["init_generator"] == str(pre / "checkpoint.pt")
+    assert gan.main(["--out", str(tmp_path / "gan2"), *argv[2:], "--upsample", "nearest"]) == 1
+    assert "pass the same --upsample" in capsys.readouterr().err
