@@ -23,7 +23,8 @@ Network Dissection of a classifier on a probe set (``--probe`` instead of ``--se
         --layer conv5 --samples 2000 --out results/classifier
 
 ``--probe toyworld`` is the first ``--samples`` Toyworld scenes of the probe seed (typed
-scenes, balanced over the six scene types, with whole-image scene labels), ``broden:PATH`` a
+scenes, balanced over the six scene types, with whole-image scene labels; ``toyworld:colors``
+adds Broden's per-pixel colour category), ``broden:PATH`` a
 Broden folder (all its images unless ``--samples`` is smaller). Probe runs default to
 Network Dissection's q = 0.005 and category-conditioned IoU (``--plain-iou`` turns it off).
 ``--rotate SEED`` dissects every layer in a random orthogonal basis (the random-rotation
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_load_options(p)
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--segmenter", help="segmenter name (see `gandissect segmenters`)")
-    labels.add_argument("--probe", metavar="toyworld|broden:PATH",
+    labels.add_argument("--probe", metavar="toyworld[:colors]|broden:PATH",
                         help="dissect a classifier on a probe set with ground-truth masks "
                              "instead (Network Dissection)")
     p.add_argument("--rotate", type=int, default=None, metavar="SEED",
@@ -201,7 +202,8 @@ def load_classifier_and_probe(args: argparse.Namespace) -> tuple[Any, Any]:
     """The classifier ``args.model`` (``NAME`` or ``NAME:PATH``, see
     ``models.classifiers.load_classifier``) and the probe set ``args.probe``: ``toyworld``
     (typed scenes with scene labels; ``--samples`` of them, default
-    :data:`TOYWORLD_PROBE_SAMPLES`) or ``broden:PATH``."""
+    :data:`TOYWORLD_PROBE_SAMPLES`), ``toyworld:colors`` (the same with Broden's 11 per-pixel
+    colour labels) or ``broden:PATH``."""
     from gandissect.common.specs import split_spec
     from gandissect.probes.broden import BrodenProbe
     from gandissect.probes.toyworld import ToyworldProbe
@@ -215,15 +217,15 @@ def load_classifier_and_probe(args: argparse.Namespace) -> tuple[Any, Any]:
     model = load_classifier(name, path=kw.get("path"), device=args.device,
                             trust_pickle=bool(getattr(args, "trust_pickle", False)))
     kind, _, rest = args.probe.partition(":")
-    if kind == "toyworld" and not rest:                 # rendered at the model's input size
+    if kind == "toyworld" and rest in ("", "colors"):    # rendered at the model's input size
         probe: Any = ToyworldProbe(size=args.samples or TOYWORLD_PROBE_SAMPLES, typed=True,
-                                   scene_labels=True,
+                                   scene_labels=True, colors=rest == "colors",
                                    resolution=int(getattr(model, "input_size", 64)))
     elif kind == "broden" and rest:
         probe = BrodenProbe(rest)
     else:
         raise ValueError(f"--probe {args.probe!r}: expected toyworld or broden:PATH (a Broden "
-                         f"folder with index.csv and images/)")
+                         f"folder with index.csv and images/), or toyworld:colors")
     return model, probe
 
 

@@ -14,6 +14,11 @@ one whole-image label per scene type, of category ``scene``, named ``<type>-s`` 
 for scenes; ``road-s`` is not the object ``road``): the type of each scene by the renderer's
 rule ``scene_type_of`` (for typed scenes, the type asked for).
 
+``colors=True`` adds Broden's ``color`` category: 11 per-pixel labels ``black-c`` ...
+``yellow-c``, derived from the image itself as Broden does; each pixel gets exactly one, named
+by the HSV rule of ``segmenters.color`` (the toolkit's colour segmenter; Broden used van de
+Weijer et al.'s learnt colour names, which are not available offline).
+
 >>> probe = ToyworldProbe(size=4, resolution=32)
 >>> probe.images(0, 2).shape, probe.masks(3, 1).shape
 (torch.Size([2, 3, 32, 32]), torch.Size([1, 15, 32, 32]))
@@ -31,6 +36,7 @@ import torch
 
 from models.toyworld.concepts import CATEGORIES, CONCEPTS
 from models.toyworld.render import SCENE_TYPES, Scene, render_scene, scene_type_of
+from segmenters.color import COLOR_NAMES, color_index
 
 from .base import ProbeSet
 
@@ -43,6 +49,10 @@ PROBE_SEED = 3_000_017
 #: Whole-image labels of ``scene_labels=True``: ``<type>-s`` per renderer scene type.
 SCENE_LABELS: tuple[str, ...] = tuple(f"{t}-s" for t in SCENE_TYPES)
 
+#: Labels of ``colors=True``: ``<term>-c`` (Broden's suffix for colours) for the 11 basic
+#: colour terms of ``segmenters.color`` (Broden's colour terms, from van de Weijer et al. 2009).
+COLOR_LABELS: tuple[str, ...] = tuple(f"{c}-c" for c in COLOR_NAMES)
+
 
 class ToyworldProbe(ProbeSet):
     """``size`` Toyworld scenes of ``seed`` at ``resolution``² pixels, with exact masks at the
@@ -50,7 +60,7 @@ class ToyworldProbe(ProbeSet):
     docstring)."""
 
     def __init__(self, seed: int = PROBE_SEED, size: int = 10_000, resolution: int = 64,
-                 scene_labels: bool = False, typed: bool = False) -> None:
+                 scene_labels: bool = False, typed: bool = False, colors: bool = False) -> None:
         for name, v in (("seed", seed), ("size", size), ("resolution", resolution)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
@@ -62,9 +72,12 @@ class ToyworldProbe(ProbeSet):
             raise ValueError(f"Toyworld scenes need resolution >= 16 pixels, got {resolution}")
         self.seed, self.size, self.resolution = seed, size, resolution
         self.scene_labels, self.typed = bool(scene_labels), bool(typed)
-        self.labels = list(CONCEPTS) + (list(SCENE_LABELS) if scene_labels else [])
+        self.colors = bool(colors)
+        self.labels = list(CONCEPTS) + (list(SCENE_LABELS) if scene_labels else []) + (
+            list(COLOR_LABELS) if colors else [])
         self.categories = list(CATEGORIES) + (["scene"] * len(SCENE_LABELS)
-                                              if scene_labels else [])
+                                              if scene_labels else []) + (
+            ["color"] * len(COLOR_LABELS) if colors else [])
         self.image_size = self.mask_size = (resolution, resolution)
         self._cache: tuple[int, int, np.ndarray, np.ndarray] | None = None
         self._scene0: str | None = None
@@ -90,8 +103,13 @@ class ToyworldProbe(ProbeSet):
             images[k] = np.clip((scene.image + 1.0) * 0.5, 0.0, 1.0)
             masks[k, :len(CONCEPTS)] = scene.masks
             if self.scene_labels:
-                masks[k, len(CONCEPTS):] = False
+                masks[k, len(CONCEPTS):len(CONCEPTS) + len(SCENE_LABELS)] = False
                 masks[k, len(CONCEPTS) + SCENE_TYPES.index(scene_type_of(scene.leaf))] = True
+        if self.colors:
+            first = len(self.labels) - len(COLOR_LABELS)
+            names = color_index(torch.from_numpy(images)).numpy()
+            for j in range(len(COLOR_LABELS)):
+                masks[:, first + j] = names == j
         self._cache = (start, n, images, masks)
         return images, masks
 
@@ -113,7 +131,7 @@ class ToyworldProbe(ProbeSet):
     def describe(self) -> dict[str, Any]:
         """Name, seed, size, resolution, label count, and ``scene0_sha256``, a hash of scene 0
         as rendered now (its 8-bit image and leaf map), so a change of the renderer changes the
-        identity too."""
+        identity too; ``colors: True`` only with ``colors`` (so the default's is unchanged)."""
         if self._scene0 is None:
             scene = self._scene(0)
             quantized = np.round((scene.image + 1.0) * 127.5).astype(np.uint8)
@@ -123,7 +141,8 @@ class ToyworldProbe(ProbeSet):
         return {"name": "toyworld", "seed": self.seed, "size": self.size,
                 "resolution": self.resolution, "typed": self.typed,
                 "scene_labels": self.scene_labels,
-                "labels": len(self.labels), "scene0_sha256": self._scene0}
+                "labels": len(self.labels), "scene0_sha256": self._scene0,
+                **({"colors": True} if self.colors else {})}
 
 
-__all__ = ["PROBE_SEED", "SCENE_LABELS", "ToyworldProbe"]
+__all__ = ["COLOR_LABELS", "PROBE_SEED", "SCENE_LABELS", "ToyworldProbe"]

@@ -117,3 +117,26 @@ def test_cli_explain(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
                                "--layer", "conv5", "--dissection", str(diss), "--out",
                                str(out)]))
     assert e.value.code == 2 and "has no layer 'conv5'" in capsys.readouterr().err
+
+
+def test_cli_dissect_with_the_color_probe(weights: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from gandissect.dissection.results import load_results
+    from gandissect.probes.toyworld import COLOR_LABELS
+
+    plain, colored = tmp_path / "plain", tmp_path / "colors"
+    for probe, out in (("toyworld", plain), ("toyworld:colors", colored)):
+        assert main(["dissect", "--model", f"toyworld-classifier:{weights}", "--probe", probe,
+                     "--layer", "conv5", "--samples", "12", "--no-progress", "--no-report",
+                     "--out", str(out)]) == 0
+    a, b = load_results(plain)["conv5"], load_results(colored)["conv5"]
+    n = len(a.labels)
+    assert b.labels[:n] == a.labels and b.labels[n:] == list(COLOR_LABELS)
+    assert b.categories[n:] == ["color"] * len(COLOR_LABELS)
+    np.testing.assert_array_equal(b.iou[:, :n], a.iou)       # the other concepts score the same
+    assert (b.iou[:, n:] > 0).any()
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(["dissect", "--model", f"toyworld-classifier:{weights}",
+                               "--probe", "toyworld:texture", "--layer", "conv5",
+                               "--out", str(tmp_path / "bad")]))
+    assert e.value.code == 2 and "toyworld:colors" in capsys.readouterr().err

@@ -11,10 +11,11 @@ import torch
 
 from gandissect.artifacts.quality import HELD_OUT_SEED
 from gandissect.probes.base import check_range
-from gandissect.probes.toyworld import PROBE_SEED, SCENE_LABELS, ToyworldProbe
+from gandissect.probes.toyworld import COLOR_LABELS, PROBE_SEED, SCENE_LABELS, ToyworldProbe
 from models.toyworld import CONCEPTS, PART_OF, render_batch, render_leaves
 from models.toyworld.concepts import CATEGORIES, CONCEPT_ID
 from models.toyworld.render import SCENE_TYPES, render_typed_batch, scene_type_of
+from segmenters.color import COLOR_NAMES, color_index
 from segmenters.evaluate import HELDOUT_SEED
 from segmenters.train_toyworld import VALIDATION_SEED
 
@@ -137,3 +138,27 @@ def test_pickles_without_its_cache() -> None:
     assert copy._cache is None
     assert torch.equal(copy.masks(0, 4), masks)
     assert copy.describe() == probe.describe()
+
+
+def test_color_category_is_one_term_per_pixel_from_the_image() -> None:
+    plain = ToyworldProbe(size=6, resolution=32, typed=True, scene_labels=True)
+    probe = ToyworldProbe(size=6, resolution=32, typed=True, scene_labels=True, colors=True)
+    n_base = len(plain.labels)
+    assert probe.labels[:n_base] == plain.labels and probe.categories[:n_base] == plain.categories
+    assert probe.labels[n_base:] == list(COLOR_LABELS) == [f"{c}-c" for c in COLOR_NAMES]
+    assert probe.categories[n_base:] == ["color"] * 11
+    images, masks = probe.images(0, 6), probe.masks(0, 6)
+    assert torch.equal(images, plain.images(0, 6))
+    assert torch.equal(masks[:, :n_base], plain.masks(0, 6))          # other labels unchanged
+    colors = masks[:, n_base:]
+    assert (colors.sum(dim=1) == 1).all()                             # exactly one term a pixel
+    assert torch.equal(colors.int().argmax(dim=1), color_index(images))
+    grass = masks[:, plain.labels.index("grass")]
+    assert colors[:, COLOR_NAMES.index("green")][grass].float().mean() > 0.9
+    assert colors.flatten(2).any(dim=2).any(dim=0).sum() >= 5         # several terms occur
+    d = probe.describe()
+    assert d["colors"] is True and d["labels"] == n_base + 11
+    assert "colors" not in plain.describe() and d != plain.describe()
+    colored = ToyworldProbe(size=6, resolution=32, colors=True)       # without scene labels
+    assert torch.equal(colored.masks(0, 6)[:, len(CONCEPTS):].int().argmax(dim=1),
+                       color_index(colored.images(0, 6)))
