@@ -1,7 +1,7 @@
 """Train the Toyworld scene classifier on rendered, typed scenes (CPU, resumable).
 
-    python -m models.classifiers.train --seed 0 --out runs/cls1 [--iters N] [--threads 1] \\
-        [--resume] [--export]
+    python -m models.classifiers.train --seed 0 --out runs/cls2 [--iters N] [--threads 1] \\
+        [--aux-weight 1] [--act-l1 W] [--resume] [--export [--head-l1 1e-4]]
 
 Data: a pool of ``--pool`` typed scenes of ``--data-seed`` (scene ``i`` has type
 ``SCENE_TYPES[i % 6]``, so the pool is balanced), rendered once and cached in ``<out>`` as uint8.
@@ -11,7 +11,9 @@ resumed from its checkpoint (``<out>/checkpoint.pt``, written atomically every
 ``--checkpoint-minutes`` and at the end) continues exactly as an uninterrupted one would.
 ``--export`` stores the weights as float16 safetensors plus a JSON of how they were made (command,
 seeds, held-out accuracy overall and per class, measured on the stored float16 weights) in
-``--weights-dir`` (default ``models/weights/``).
+``--weights-dir`` (default ``models/weights/``). ``--aux-weight`` adds a training-only loss: a
+1x1 conv on ``conv5`` predicts each Toyworld concept's share of every 8x8 cell (:class:`Trainer`),
+so ``conv5`` must encode where every concept is, not only those that decide the scene type.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..safe_load import CheckpointError, load_checkpoint
+from ..toyworld.concepts import CONCEPTS
 from ..toyworld.render import (
     SCENE_TYPES,
     render_batch,
@@ -48,6 +51,8 @@ from .toyworld import (
 )
 
 CHECKPOINT = "checkpoint.pt"
+#: Pixels per side of a cell of the auxiliary target (64 / 8 = conv5's 8x8 grid).
+AUX_CELL = 8
 LOG = "log.jsonl"
 
 
@@ -65,6 +70,8 @@ class Settings:
     weight_decay: float = 5e-4
     warmup: int = 50
     iters: int = 700
+    aux_weight: float = 0.0
+    act_l1: float = 0.0
 
     def __post_init__(self) -> None:
         if self.data_seed == self.eval_seed:
@@ -73,6 +80,9 @@ class Settings:
         for name in ("pool", "eval_samples", "batch", "iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.aux_weight < 0 or self.act_l1 < 0:
+            raise ValueError(f"aux_weight and act_l1 must be >= 0, got {self.aux_weight} and "
+                             f"{self.act_l1}")
 
 
 def lr_at(s: Settings, iteration: int) -> float:
@@ -113,6 +123,26 @@ def typed_pool(seed: int, n: int, cache: Path | None = None,
     return torch.from_numpy(out_i), torch.from_numpy(out_l)
 
 
+def typed_cells(seed: int, n: int, cache: Path | None = None, chunk: int = 600) -> torch.Tensor:
+    """Per-cell concept fractions of typed scenes ``0 .. n-1`` of ``seed``: float16
+    ``[n, len(CONCEPTS), 8, 8]``, the fraction of each 8x8-pixel cell of the 64x64 scene that
+    carries each concept (the auxiliary target of ``--aux-weight``); cached in ``cache``."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as f:
+            return torch.from_numpy(f["cells"])
+    out = []
+    for start in range(0, n, chunk):
+        _, masks, _ = render_typed_batch(seed, start, min(chunk, n - start))
+        m = torch.from_numpy(masks).float()
+        out.append(F.avg_pool2d(m, AUX_CELL).half().numpy())
+    cells = np.concatenate(out)
+    if cache is not None:
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, cells=cells)
+        os.replace(tmp, cache)
+    return torch.from_numpy(cells)
+
+
 def batch_indices(s: Settings, iteration: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool indices ``[batch]`` and horizontal-flip flags of batch ``iteration``: a function of
     ``(s.seed, iteration)`` only."""
@@ -147,15 +177,30 @@ def untyped_set(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Trainer:
-    """Model, optimiser and iteration counter; one :meth:`step` per batch."""
+    """Model, optimiser and iteration counter; one :meth:`step` per batch.
 
-    def __init__(self, s: Settings, pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    With ``s.aux_weight > 0`` (and ``cells``, :func:`typed_cells` of the pool) a 1x1 conv
+    ``aux`` on ``conv5`` predicts, per 8x8 cell, the fraction of the cell each Toyworld concept
+    covers (binary cross-entropy with soft targets), added to the scene loss with that weight.
+    The head is for training only: the exported classifier is ``conv1..conv5`` + ``fc``.
+    ``s.act_l1 > 0`` adds that weight times the mean ``conv5`` activation (an L1 penalty: the
+    activations are non-negative)."""
+
+    def __init__(self, s: Settings, pool: tuple[torch.Tensor, torch.Tensor],
+                 cells: torch.Tensor | None = None) -> None:
         self.s = s
         self.images, self.labels = pool
+        if s.aux_weight > 0 and (cells is None or len(cells) != len(self.images)):
+            raise ValueError("aux_weight > 0 needs the per-cell concept fractions of the pool")
+        self.cells = cells
         torch.manual_seed(s.seed)  # initial weights only; batches use their own generators
         self.net = ToyworldClassifier().train()
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=s.lr,
-                                     weight_decay=s.weight_decay)
+        params = list(self.net.parameters())
+        self.aux: torch.nn.Conv2d | None = None
+        if s.aux_weight > 0:
+            self.aux = torch.nn.Conv2d(self.net.fc.in_features, len(CONCEPTS), 1)
+            params += list(self.aux.parameters())
+        self.opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         self.iteration = 0
 
     def step(self) -> dict[str, float]:
@@ -165,8 +210,20 @@ class Trainer:
         y = self.labels[idx]
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.s, self.iteration)
-        logits = self.net(x)
+        h = (self.net.check_images(x) - self.net._mean) / self.net._std
+        for name in self.net.layer_names:
+            h = getattr(self.net, name)(h)
+        logits = self.net.fc(h.mean(dim=(2, 3)))           # = self.net(x)
         loss = F.cross_entropy(logits, y)
+        aux_loss = torch.zeros(())
+        if self.aux is not None:
+            assert self.cells is not None
+            target = self.cells[idx].float()
+            target = torch.where(flip[:, None, None, None], target.flip(3), target)
+            aux_loss = F.binary_cross_entropy_with_logits(self.aux(h), target)
+            loss = loss + self.s.aux_weight * aux_loss
+        if self.s.act_l1 > 0:
+            loss = loss + self.s.act_l1 * h.mean()          # activations are >= 0 (ReLU)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at iteration {self.iteration}")
         self.opt.zero_grad(set_to_none=True)
@@ -174,15 +231,23 @@ class Trainer:
         self.opt.step()
         self.iteration += 1
         acc = (logits.argmax(1) == y).float().mean()
-        return {"loss": float(loss.detach()), "batch_acc": float(acc),
-                "lr": self.opt.param_groups[0]["lr"]}
+        out = {"loss": float(loss.detach()), "batch_acc": float(acc),
+               "lr": self.opt.param_groups[0]["lr"]}
+        if self.aux is not None:
+            out["aux_loss"] = float(aux_loss.detach())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"settings": asdict(self.s), "iteration": self.iteration,
-                "net": self.net.state_dict(), "opt": self.opt.state_dict()}
+        state = {"settings": asdict(self.s), "iteration": self.iteration,
+                 "net": self.net.state_dict(), "opt": self.opt.state_dict()}
+        if self.aux is not None:
+            state["aux"] = self.aux.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
+        if self.aux is not None:
+            self.aux.load_state_dict(state["aux"])
         self.opt.load_state_dict(state["opt"])
         self.iteration = int(state["iteration"])
 
@@ -344,8 +409,10 @@ def train(args: argparse.Namespace) -> int:
     pool = typed_pool(s.data_seed, s.pool, _data_file(out, "pool", s.data_seed, s.pool))
     held_out = typed_pool(s.eval_seed, s.eval_samples,
                           _data_file(out, "eval", s.eval_seed, s.eval_samples))
+    cells = (typed_cells(s.data_seed, s.pool, _data_file(out, "cells", s.data_seed, s.pool))
+             if s.aux_weight > 0 else None)
     print(f"data ready in {time.time() - t0:.1f} s", flush=True)
-    trainer = Trainer(s, pool)
+    trainer = Trainer(s, pool, cells)
     elapsed0 = 0.0
     if state is not None:
         trainer.load_state_dict(state)
@@ -401,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--act-l1", type=float, default=d.act_l1,
+                   help="weight of an L1 penalty on conv5's activations (mean), which favours "
+                        "sparse units (0: none)")
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="weight of an auxiliary training loss: a 1x1 conv on conv5 predicts "
+                        "each Toyworld concept's fraction of every 8x8 cell (0: none)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)

@@ -430,3 +430,36 @@ def test_typed_batches_are_balanced_and_independent_of_batching() -> None:
     tail_images, _, tail_labels = render_typed_batch(2, 8, 4)
     np.testing.assert_array_equal(images[5:], tail_images)
     assert masks.shape == (9, 15, 64, 64) and images.dtype == np.float32
+
+
+def test_auxiliary_concept_loss_trains_resumes_and_exports_the_plain_classifier(
+        tmp_path: Path) -> None:
+    from models.classifiers.train import AUX_CELL, Settings, main, typed_cells
+    from models.toyworld.concepts import CONCEPTS
+
+    cells = typed_cells(3, 12, cache=tmp_path / "cells.npz", chunk=5)
+    _, masks, _ = render_typed_batch(3, 0, 12)
+    assert cells.shape == (12, len(CONCEPTS), 64 // AUX_CELL, 64 // AUX_CELL)
+    expected = torch.from_numpy(masks).float().reshape(12, len(CONCEPTS), 8, 8, 8, 8)
+    torch.testing.assert_close(cells.float(), expected.mean(dim=(3, 5)), atol=1e-3, rtol=0)
+    assert torch.equal(typed_cells(3, 12, cache=tmp_path / "cells.npz"), cells)   # cached
+    common = ["--seed", "3", "--pool", "24", "--eval-samples", "12", "--batch", "4",
+              "--warmup", "2", "--log-every", "1", "--eval-every", "2", "--aux-weight", "0.5",
+              "--act-l1", "0.1"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--iters", "4"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--iters", "2"]) == 0
+    assert main(["--out", str(tmp_path / "b"), "--iters", "4", "--resume", "--export",
+                 "--weights-dir", str(tmp_path / "w")]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["settings"]["aux_weight"] == 0.5 and a["settings"]["act_l1"] == 0.1
+    assert a["aux"]["weight"].shape == (len(CONCEPTS), 128, 1, 1)
+    for k, v in {**a["net"], **{f"aux.{k}": v for k, v in a["aux"].items()}}.items():
+        other = b["aux"][k[4:]] if k.startswith("aux.") else b["net"][k]
+        torch.testing.assert_close(other, v, rtol=0, atol=0)
+    plain = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["net"]
+    assert set(load_file(str(tmp_path / "w" / "toyworld_classifier.safetensors"))) == set(plain)
+    meta = json.loads((tmp_path / "w" / METADATA_FILE).read_text())
+    assert "--aux-weight 0.5" in meta["command"] and "--act-l1 0.1" in meta["command"]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Settings(aux_weight=-1.0)
