@@ -50,6 +50,23 @@ class TinyGenerator(Generator):
         return torch.tanh(self.rgb(F.interpolate(x, scale_factor=2.0)))
 
 
+class CountingGenerator(TinyGenerator):
+    """:class:`TinyGenerator` (same weights for the same seed) that appends one line per
+    forward call, ``<pid> <first latent's sum>``, to the file ``log`` (also from worker
+    processes on this machine)."""
+
+    def __init__(self, log: str, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.log = log
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        import os
+
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()} {float(z[0].sum()):.6f}\n")
+        return super().forward(z)
+
+
 class TinySegmenter(Segmenter):
     """'red' R > 0.2, 'dark' mean < -0.3, 'never' (empty), 'blue' B > 0.3 but only on images
     whose mean green is positive (so category 'color' is absent from some images)."""

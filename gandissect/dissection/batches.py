@@ -5,6 +5,7 @@ per-batch code (:func:`_run_span`), shared by one process and the workers
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,13 +88,16 @@ class _BatchCache:
     ``coded``). A batch cached in pass 1 runs the whole generator and the segmenter once
     (instead of the generator up to the layer in pass 1 and again, whole, in pass 2); later
     pass-1 rounds and pass 2 read it (pass 2 frees it). The tensors are the ones the passes
-    would compute again (a deterministic generator and segmenter), so results are unchanged."""
+    would compute again (a deterministic generator and segmenter), so results are unchanged.
+    On a Dask worker, one cache serves the worker's chunks of a run (:mod:`.workers`); its
+    methods may be called from several threads."""
 
     budget: int
     used: int = 0
     per_sample: int = 0
     entries: dict[int, tuple[dict[str, torch.Tensor], tuple[Any, ...], int]] = \
         field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def room(self, n: int) -> bool:
         """Whether a batch of ``n`` samples would fit (the first batch is tried unseen)."""
@@ -104,19 +108,21 @@ class _BatchCache:
         size = sum(t.nbytes for t in acts.values()) + sum(
             t.nbytes for part in seg if part is not None
             for t in (part if isinstance(part, tuple) else (part,)))
-        self.per_sample = max(self.per_sample, -(-size // n))
-        if self.used + size <= self.budget:
-            self.entries[start] = (acts, seg, size)
-            self.used += size
+        with self.lock:
+            self.per_sample = max(self.per_sample, -(-size // n))
+            if self.used + size <= self.budget and start not in self.entries:
+                self.entries[start] = (acts, seg, size)
+                self.used += size
 
     def take(self, start: int, free: bool) -> tuple[dict[str, torch.Tensor], tuple[Any, ...]
                                                     ] | None:
         """The batch at ``start`` if cached (and forgotten when ``free``)."""
-        hit = self.entries.pop(start, None) if free else self.entries.get(start)
-        if hit is None:
-            return None
-        if free:
-            self.used -= hit[2]
+        with self.lock:
+            hit = self.entries.pop(start, None) if free else self.entries.get(start)
+            if hit is None:
+                return None
+            if free:
+                self.used -= hit[2]
         return hit[0], hit[1]
 
 

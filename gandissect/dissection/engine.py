@@ -32,17 +32,17 @@ images where ``c``'s category is present, i.e. where some concept of that catego
 one pixel. When every image shows every category this equals the plain IoU.
 
 **Workers.** With ``workers > 1`` (or an ``executor``, or a Dask ``client``) every round (each
-pass-1 round, pass 2) splits the samples it still has to do into contiguous chunks of whole
-batches (two per worker). A worker starts a chunk from the round's configuration with empty
-accumulators (:meth:`_LayerState.blank_state`: histogram grid, cuts, active units, pass-2
-brackets), runs the same per-batch code as one process (:func:`~.batches._run_span`) and returns
-its state; the parent merges the chunks as they finish (:meth:`_LayerState.merge`; where they
-run: :mod:`gandissect.dissection.workers`). The result is bit-identical to one
-process: batches are the same, every count is an exact integer and merges by addition, the
-histogram grid is a function of the value range only, TopK keeps a total order (value, then
-index), and the merged cut is the largest cut of any chunk, which is what the exact
-:meth:`_LayerState.failed_units` check needs (a chunk's own guesses may differ from one
-process's: that changes which units need another round, never a threshold).
+pass-1 round, pass 2) splits the samples it still has to do into contiguous chunks of whole batches
+(two per worker; on Dask four per worker thread). A worker starts a chunk from the round's
+configuration with empty accumulators (:meth:`_LayerState.blank_state`: histogram grid, cuts, active
+units, pass-2 brackets), runs the same per-batch code as one process (:func:`~.batches._run_span`)
+and returns its state; the parent merges the chunks as they finish (:meth:`_LayerState.merge`; where
+they run: :mod:`gandissect.dissection.workers`). The result is bit-identical to one process: batches
+are the same, every count is an exact integer and merges by addition, the histogram grid is a
+function of the value range only, TopK keeps a total order (value, then index), and the merged cut
+is the largest cut of any chunk, which is what the exact :meth:`_LayerState.failed_units` check
+needs (a chunk's own guesses may differ from one process's: that changes which units need another
+round, never a threshold).
 """
 
 from __future__ import annotations
@@ -105,21 +105,21 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     ``model_name``, ``segmenter_name`` (recorded in the config, with the weights' fingerprint).
 
     ``workers > 1`` runs each round as chunks in that many spawned processes, each with
-    ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling
-    this needs an ``if __name__ == "__main__":`` guard); they exit when this process dies, even
-    by SIGKILL. ``client`` (a ``distributed.Client``; ``pip install 'gandissect[dask]'``) runs
-    the chunks as tasks on its Dask cluster: generator and segmenter are pickled once and
-    installed on every worker by a worker plugin (also on a worker that replaces a lost one;
-    never sent with a task), each task sets ``threads_per_worker`` torch threads in its worker
-    process, a round has two chunks per worker thread of the cluster when the run starts
-    (``workers > 1``: two per worker), and a task lost with its worker is run again by the
-    scheduler or resubmitted (at most three times, then a ``TaskLostError`` naming it); each
-    chunk is merged once. The workers need gandissect, the code of the generator's and segmenter's
-    classes, and the same torch installed. ``executor`` (any
-    :class:`concurrent.futures.Executor`) runs the chunks instead, with the pickled models in
-    every chunk; ``workers`` then only sets the number of chunks (two per worker) and the
-    executor's workers set their own threads. Every way, the result is bit-identical to
-    ``workers=1``.
+    ``threads_per_worker`` torch threads (generator and segmenter must pickle; a script calling this
+    needs an ``if __name__ == "__main__":`` guard); they exit when this process dies, even by
+    SIGKILL. ``client`` (a ``distributed.Client``; ``pip install 'gandissect[dask]'``) runs the
+    chunks as tasks on its Dask cluster: generator and segmenter are pickled once and installed on
+    every worker by a worker plugin (also on a worker that replaces a lost one; never sent with a
+    task), each task sets ``threads_per_worker`` torch threads in its worker process, a round has
+    four chunks per worker thread of the cluster when the run starts (``workers > 1``: four per
+    worker), each worker keeps up to ``cache_mb`` of the batches it ran in pass 1 for the later
+    rounds, which go preferably to it, and a task lost with its worker is run again by the scheduler
+    or resubmitted (at most three times, then a ``TaskLostError`` naming it); each chunk is merged
+    once. The workers need gandissect, the code of the generator's and segmenter's classes, and the
+    same torch installed. ``executor`` (any :class:`concurrent.futures.Executor`) runs the chunks
+    instead, with the pickled models in every chunk; ``workers`` then only sets the number of chunks
+    (two per worker) and the executor's workers set their own threads. Every way, the result is
+    bit-identical to ``workers=1``.
 
     ``dtype="bfloat16"`` runs the generator and segmenter forward passes under bfloat16
     autocast (faster on GPUs and CPUs with native bfloat16, e.g. AVX-512-BF16 or AMX; much
@@ -132,6 +132,9 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
     run the generator and segmenter again for them (pass 1 then runs them whole instead of up
     to the layer): the same result, about one prefix of the generator cheaper per cached
     batch; 0 keeps nothing (the statistics' memory then does not grow with ``samples``).
+    On a Dask ``client``, each worker process keeps up to ``cache_mb`` of the batches it ran
+    in pass 1, for the run's length, and pass 2's chunks go preferably to the worker that ran
+    their samples (any worker may still run them: the result is the same).
     """
     names = (layers,) if isinstance(layers, str) else tuple(layers)
     weights = fingerprint(generator, segmenter)
@@ -157,7 +160,7 @@ def dissect(generator: Any, segmenter: Any, layers: str | Sequence[str], samples
                         f"{type(client).__name__}" + (" and an executor" if executor else ""))
     run = _Run.make(generator, segmenter, cfg, device)
     folder = Path(out) if out is not None else None
-    pool = _Pool(run, workers, executor, threads_per_worker, client) \
+    pool = _Pool(run, workers, executor, threads_per_worker, client, cache_mb) \
         if workers > 1 or executor is not None or client is not None else None
     if cache_mb < 0:
         raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")

@@ -27,7 +27,7 @@ import pytest
 import torch
 from procs import HAVE_PROC, children_of, cmdline, kill9, wait_gone
 from safetensors import safe_open
-from tiny import Interrupt, TinyGenerator, TinySegmenter, assert_identical
+from tiny import CountingGenerator, Interrupt, TinyGenerator, TinySegmenter, assert_identical
 
 from gandissect.cli import main
 from gandissect.dissection.cluster import (
@@ -128,10 +128,10 @@ def lost_scattered(client: distributed.Client) -> list[Any]:
 
 def test_dask_equals_one_process_on_planted(client: distributed.Client, gen: Any, seg: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two chunks per worker thread; during the run every worker holds the models and the
-    round's blank states (two worker plugins: sent once per worker, not with each task) and
-    nothing is left afterwards; a task carries its chunk (a few hundred bytes) and the names of
-    the two plugins."""
+    """Four chunks per worker thread (at most one per batch); during the run every worker holds the
+    models and the round's blank states (two worker plugins: sent once per worker, not with each
+    task) and nothing is left afterwards; a task carries its chunk (a few hundred bytes) and the
+    names of the two plugins."""
     kw: dict[str, Any] = dict(samples=40, seed=1, batch_size=8)
     one = dissect(gen, seg, "layout", **kw)
     calls: list[tuple[int, int]] = []
@@ -149,7 +149,7 @@ def test_dask_equals_one_process_on_planted(client: distributed.Client, gen: Any
         held.append(our_plugins(client))
     assert_identical(one, dissect(gen, seg, "layout", client=client, on_batch=seen, **kw))
     p2 = [d for p, d in calls if p == 2]
-    assert len(p2) == 4 and p2[-1] == 40                       # 5 batches -> 4 chunks
+    assert len(p2) == 5 and p2[-1] == 40                       # 5 batches -> 5 chunks
     assert all(len(h) == 2 and all(len(names) == 2 for names in h.values()) for h in held)
     everywhere = set.intersection(*(set(names) for h in held for names in h.values()))
     assert len(everywhere) == 1                                # the models', for the whole run
@@ -167,6 +167,33 @@ def test_dask_equals_one_process_on_tiny_models(client: distributed.Client, mode
                               category_conditioned=conditioned)
     assert_identical(dissect(gen, seg, ["a", "b"], **kw),
                      dissect(gen, seg, ["a", "b"], client=client, **kw))
+
+
+def test_workers_keep_pass_one_for_pass_two(client: distributed.Client, tmp_path: Path) -> None:
+    """With ``cache_mb``, each worker keeps the batches it ran in pass 1 and pass 2's chunks go
+    back to it: the generator runs once per batch, on the worker that ran the chunk's pass 1
+    (without the cache: again in pass 2), the result is bit-identical either way, and the
+    workers hold nothing of the run afterwards."""
+    from gandissect.dissection import cluster
+
+    seg = TinySegmenter()
+    kw: dict[str, Any] = dict(samples=60, seed=5, batch_size=10)
+    one = dissect(TinyGenerator(), seg, ["a", "b"], **kw)
+    runs = {}
+    for mb in (64, 0):
+        log = tmp_path / f"calls-{mb}"
+        assert_identical(one, dissect(CountingGenerator(str(log)), seg, ["a", "b"],
+                                      client=client, cache_mb=mb, **kw))
+        calls = [line.split() for line in log.read_text().splitlines()]
+        runs[mb] = [c for c in calls if c[0] != str(os.getpid())]   # not the shape probe
+    assert len(runs[64]) == 6                                  # 6 batches, each run once
+    assert len({latent for _, latent in runs[64]}) == 6
+    assert len(runs[0]) >= 12                                  # every batch in both passes
+    by_batch: dict[str, set[str]] = {}
+    for pid, latent in runs[0]:
+        by_batch.setdefault(latent, set()).add(pid)
+    assert set(by_batch) == {latent for _, latent in runs[64]}
+    assert client.run(lambda: len(cluster._SCRATCH)) == dict.fromkeys(worker_pids(client), 0)
 
 
 @pytest.mark.parametrize("pause", [0.0, 4.5])
@@ -203,7 +230,7 @@ def test_worker_killed_mid_run_changes_nothing(client: distributed.Client, gen: 
     runs = task_runs(client, "dissect-", before)
     assert {chunk for chunk, n in runs.items() if n > 1} <= lost
     p1 = [d for p, d in calls if p == 1]
-    assert p1[:4] == sorted(p1[:4]) and p1[3] == 64            # each chunk of round 1 once
+    assert p1[:8] == sorted(p1[:8]) and p1[7] == 64            # each chunk of round 1 once
     assert not lost_scattered(client)
     ready(client, gone=killed[0])                              # it did die (and was replaced)
     assert idle(client)
@@ -315,7 +342,7 @@ def test_client_gone_mid_run_resumes_without_cluster(client: distributed.Client,
         dissect(gen, seg, ["a", "b"], out=tmp_path, client=client, on_batch=gone, **kw)
     with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
         phase, done = _load_progress(f.metadata())
-    assert phase == 1 and done in ([(0, 40)], [(40, 60)], [(60, 80)], [(80, 100)])
+    assert phase == 1 and done in ([(a, a + 20)] for a in range(0, 100, 20))  # one chunk each
     assert idle(client)
     seen: list[tuple[int, int]] = []
     resumed = dissect(gen, seg, ["a", "b"], out=tmp_path,

@@ -305,3 +305,31 @@ def test_each_way_of_dying_with_the_parent_works_alone(mechanism: str) -> None:
     finally:
         kill9(parent)
     assert not wait_gone({child}, 10.0)
+
+
+def test_states_travel_packed_and_come_back_equal() -> None:
+    """_pack keeps floats (even -0.0) and small tensors as they are, sends mostly-zero integer
+    tensors as their nonzero entries (all-zero ones as a shape), and _unpack restores every
+    tensor exactly (dtype, shape, values)."""
+    import pickle
+
+    from gandissect.dissection.workers import PACK_MIN_ELEMENTS, _pack, _unpack
+
+    g = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(64, 256, 3, dtype=torch.int64)
+    sparse.view(-1)[torch.randperm(sparse.numel(), generator=g)[:500]] = \
+        torch.randint(1, 10**12, (500,), generator=g)
+    dense = torch.randint(0, 5, (128, 128), generator=g)
+    floats = torch.zeros(100, 100)
+    floats[0, 0] = -0.0
+    state = {"layer": {"zeros": torch.zeros(256, 2048, dtype=torch.int64), "sparse": sparse,
+                       "dense": dense, "floats": floats, "mask": torch.rand(80, 80) > 0.99,
+                       "small": torch.zeros(PACK_MIN_ELEMENTS - 1, dtype=torch.int64)}}
+    packed = _pack(state)
+    assert {k for k, v in packed["layer"].items() if isinstance(v, tuple)} == \
+        {"zeros", "sparse", "mask"}
+    assert len(pickle.dumps(packed)) < len(pickle.dumps(state)) / 10
+    back = _unpack(packed)["layer"]
+    for k, t in state["layer"].items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t)
+    assert torch.equal(back["floats"].view(torch.int32), floats.view(torch.int32))   # -0.0 kept
