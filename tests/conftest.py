@@ -2,6 +2,7 @@
 busy machine oversubscribed threads make them orders of magnitude slower), and shared fixtures."""
 
 import os
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,3 +40,17 @@ def client() -> Iterator[Any]:
             distributed.Client(cluster) as c:
         c.wait_for_workers(2, timeout=120)
         yield c
+
+
+@pytest.fixture
+def task_sizes(client: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Filled during the test with the pickled size of ``(item, args)`` of every task submitted
+    through ``client.submit`` (what a task carries; models must not be in it)."""
+    sizes: list[int] = []
+    submit = client.submit
+
+    def spy(fn: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(pickle.dumps((item, args))))
+        return submit(fn, item, *args, **kwargs)
+    monkeypatch.setattr(client, "submit", spy)
+    return sizes

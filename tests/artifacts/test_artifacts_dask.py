@@ -46,19 +46,13 @@ def _same(a: ArtifactScores, b: ArtifactScores) -> None:
 
 
 def test_effect_scores_on_a_cluster_are_bit_identical(client: distributed.Client, nets: tuple,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      task_sizes: list[int]) -> None:
     gen, disc = nets
     m = DiscriminatorMeasure(disc, batch_size=4)
     kw: dict[str, Any] = dict(samples=8, seed=4, top=2, pool=3, verify_samples=8,
                               batch_size=4)
     one = artifact_scores(gen, "layer8", m, **kw)                     # 32 units, 64 pairs
-    sizes: list[int] = []
-    submit = client.submit
-
-    def spy(fn: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(pickle.dumps((item, args))))
-        return submit(fn, item, *args, **kwargs)
-    monkeypatch.setattr(client, "submit", spy)
+    sizes = task_sizes
     two = artifact_scores(gen, "layer8", m, client=client, **kw)
     _same(one, two)
     n = len(one.details["verified"])

@@ -4,7 +4,6 @@ for bit; the models go to each worker once (tasks carry edit sets, not models)."
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import distributed
@@ -22,7 +21,8 @@ torch.set_num_threads(1)
 
 
 def test_edit_sets_on_a_cluster_are_bit_identical(client: distributed.Client,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  task_sizes: list[int]) -> None:
     gen, seg = TinyGenerator(), TinySegmenter()
     mask = torch.zeros(8, 8)
     mask[2:6, 1:5] = 1.0
@@ -32,13 +32,7 @@ def test_edit_sets_on_a_cluster_are_bit_identical(client: distributed.Client,
     kw: dict[str, Any] = dict(samples=21, seed=4, concepts=["red", "blue", "dark"],
                               batch_size=8)
     before, after = measure_concepts(gen, seg, sets, **kw)
-    sizes: list[int] = []
-    submit = client.submit
-
-    def spy(fn: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(pickle.dumps((item, args))))
-        return submit(fn, item, *args, **kwargs)
-    monkeypatch.setattr(client, "submit", spy)
+    sizes = task_sizes
     seen: list[int] = []
     b2, a2 = measure_concepts_on_cluster(client, gen, seg, sets, progress=seen.append, **kw)
     assert np.array_equal(before, b2) and np.array_equal(after, a2)

@@ -5,7 +5,6 @@ process, bit for bit; the models go to each worker once (tasks carry unit groups
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,12 @@ torch.set_num_threads(1)
 
 
 def test_ace_concepts_on_tiny_models_are_bit_identical(client: distributed.Client,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       task_sizes: list[int]) -> None:
     gen, seg = TinyGenerator(), TinySegmenter()
     kw: dict[str, Any] = dict(samples=20, seed=3, batch_size=8)
     concepts = ["red", "dark", "blue"]
     one = single_unit_ace_concepts(gen, seg, concepts, "b", **kw)
-    sizes: list[int] = []
-    submit = client.submit
-
-    def spy(fn: Any, item: Any, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(pickle.dumps((item, args))))
-        return submit(fn, item, *args, **kwargs)
-    monkeypatch.setattr(client, "submit", spy)
+    sizes = task_sizes
     seen: list[int] = []
     two = single_unit_ace_concepts(gen, seg, concepts, "b", progress=seen.append,
                                    client=client, **kw)
