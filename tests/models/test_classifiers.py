@@ -10,6 +10,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -378,17 +379,24 @@ def test_toyworld_classifier_accuracy_on_held_out_scenes(toy: Classifier) -> Non
 
 # --- training script ---------------------------------------------------------------------------
 
-def test_training_resumes_exactly_and_exports(tmp_path: Path) -> None:
-    from models.classifiers.train import main
 
+def train_straight_and_resumed(main: Any, tmp_path: Path, *extra: str
+                               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Checkpoints of 4 tiny training iterations run straight (``a``) and as 2 + 2 resumed and
+    exported to ``tmp_path/w`` (``b``), with the extra training arguments ``extra``."""
     common = ["--seed", "3", "--pool", "24", "--eval-samples", "12", "--batch", "4",
-              "--warmup", "2", "--log-every", "1", "--eval-every", "2"]
+              "--warmup", "2", "--log-every", "1", "--eval-every", "2", *extra]
     assert main([*common, "--out", str(tmp_path / "a"), "--iters", "4"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--iters", "2"]) == 0
     assert main(["--out", str(tmp_path / "b"), "--iters", "4", "--resume", "--export",
                  "--weights-dir", str(tmp_path / "w")]) == 0
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    return (torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True),
+            torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True))
+
+def test_training_resumes_exactly_and_exports(tmp_path: Path) -> None:
+    from models.classifiers.train import main
+
+    a, b = train_straight_and_resumed(main, tmp_path)
     assert a["iteration"] == b["iteration"] == 4
     for k, v in a["net"].items():
         torch.testing.assert_close(b["net"][k], v, rtol=0, atol=0)
@@ -443,15 +451,7 @@ def test_auxiliary_concept_loss_trains_resumes_and_exports_the_plain_classifier(
     expected = torch.from_numpy(masks).float().reshape(12, len(CONCEPTS), 8, 8, 8, 8)
     torch.testing.assert_close(cells.float(), expected.mean(dim=(3, 5)), atol=1e-3, rtol=0)
     assert torch.equal(typed_cells(3, 12, cache=tmp_path / "cells.npz"), cells)   # cached
-    common = ["--seed", "3", "--pool", "24", "--eval-samples", "12", "--batch", "4",
-              "--warmup", "2", "--log-every", "1", "--eval-every", "2", "--aux-weight", "0.5",
-              "--act-l1", "0.1"]
-    assert main([*common, "--out", str(tmp_path / "a"), "--iters", "4"]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--iters", "2"]) == 0
-    assert main(["--out", str(tmp_path / "b"), "--iters", "4", "--resume", "--export",
-                 "--weights-dir", str(tmp_path / "w")]) == 0
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    a, b = train_straight_and_resumed(main, tmp_path, "--aux-weight", "0.5", "--act-l1", "0.1")
     assert a["settings"]["aux_weight"] == 0.5 and a["settings"]["act_l1"] == 0.1
     assert a["aux"]["weight"].shape == (len(CONCEPTS), 128, 1, 1)
     for k, v in {**a["net"], **{f"aux.{k}": v for k, v in a["aux"].items()}}.items():
