@@ -1,4 +1,5 @@
-"""Supervised start for the bundled Toyworld generator: regress ``G(z)`` onto ``render_latent(z)``.
+"""Supervised start for the bundled Toyworld generator: regression onto ``render_latent(z)``, or a
+variational autoencoder whose decoder is the generator.
 
 ``models.toyworld.latent.render_latent`` draws a Toyworld scene as a function of a 128-d normal
 latent. Training the generator to reproduce it from the same latent teaches it where every house,
@@ -10,11 +11,20 @@ texture and sharpness.
 Loss: L1 between ``G(z)`` and the texture-free render, per pixel weighted ``1 + edge_weight`` on
 pixels whose leaf differs from a 4-neighbour's and ``1 + part_weight`` on door, window and trunk
 pixels (small parts that an unweighted L1 nearly ignores). Fresh scenes every step (no fixed
-training set), Adam, EMA generator, checkpoints every few minutes with ``--resume``::
+training set), Adam, EMA generator, checkpoints every few minutes with ``--resume``.
+
+``--objective vae`` trains the generator as the decoder of a VAE instead: an encoder
+(:class:`PosteriorEncoder`) maps each texture-free render ``x`` to ``q(z|x)``, the generator
+draws ``x`` back from ``z ~ q(z|x)``, and the loss per image is the same weighted L1 divided by
+``--recon-scale`` (a Laplace likelihood of that scale) plus ``--kl-weight`` times
+``KL(q(z|x) || N(0, I))``. The encoder picks a code the generator can draw from, which the fixed
+slots of ``render_latent`` are not (regression drew no house in 8,000 iterations, TRAINING.md),
+and ``G(z)`` for ``z ~ N(0, I)`` samples the scene distribution::
 
     python -m models.pretrain_toyworld_gan --seed 0 --iters 20000 --out runs/p1
     python -m models.pretrain_toyworld_gan --out runs/p1 --resume --iters 40000
     python -m models.pretrain_toyworld_gan --out runs/p1 --export-to runs/p1/weights
+    python -m models.pretrain_toyworld_gan --objective vae --seed 0 --iters 20000 --out runs/v1
 """
 
 from __future__ import annotations
@@ -32,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from models.toyworld.concepts import LEAF_ID
 from models.toyworld.latent import render_latent_batch
+from models.toyworld_encoder import ToyworldEncoder
 from models.toyworld_gan import GENERATOR_FILE, METADATA_FILE, Z_DIM, ToyworldGenerator
-from models.train_toyworld_gan import _storable, recalibrate_batchnorm, sample_grid
+from models.toyworld_training import recalibrate_batchnorm, sample_grid, storable
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -58,6 +70,28 @@ class Settings:
     upsample: str = "transpose"
     lr_decay_start: int = 0
     lr_decay_end: int = 0
+    objective: str = "regression"
+    kl_weight: float = 1.0
+    recon_scale: float = 0.1
+
+
+OBJECTIVES = ("regression", "vae")
+
+
+class PosteriorEncoder(nn.Module):
+    """Images ``[n, 3, 64, 64]`` -> mean and log-variance ``[n, 128]`` each of ``q(z|x)``: the
+    bundled encoder's convolutions (:class:`~models.toyworld_encoder.ToyworldEncoder`) with a
+    head twice as wide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = ToyworldEncoder()
+        self.features = base.features
+        self.head = nn.Linear(base.head.in_features, 2 * Z_DIM)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.head(self.features(x).flatten(1)).chunk(2, dim=1)
+        return mean, logvar.clamp(-12.0, 6.0)
 
 
 def pixel_weights(leaf: torch.Tensor, edge_weight: float, part_weight: float) -> torch.Tensor:
@@ -77,16 +111,22 @@ class Pretrainer:
     update on a fresh batch."""
 
     def __init__(self, settings: Settings) -> None:
+        if settings.objective not in OBJECTIVES:
+            raise ValueError(f"unknown pretraining objective {settings.objective!r}; "
+                             f"use one of {', '.join(OBJECTIVES)}")
         self.s = settings
         init = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: isolate it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
             self.g = ToyworldGenerator(upsample=settings.upsample)
+            self.e = PosteriorEncoder() if settings.objective == "vae" else None
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        self.opt = torch.optim.Adam(self.g.parameters(), settings.lr,
-                                    betas=(settings.beta1, settings.beta2))
+        params = list(self.g.parameters()) + ([] if self.e is None else list(self.e.parameters()))
+        self.opt = torch.optim.Adam(params, settings.lr, betas=(settings.beta1, settings.beta2))
         self.rng = torch.Generator().manual_seed(settings.seed + 1)
         self.iteration = 0
+        #: Terms of the last step's loss (``l1``; with the VAE also ``kl`` in nats per image).
+        self.terms: dict[str, float] = {}
 
     def lr_factor(self) -> float:
         s, i = self.s, self.iteration
@@ -104,7 +144,18 @@ class Pretrainer:
         target = torch.from_numpy(images)
         weight = pixel_weights(torch.from_numpy(leaves), s.edge_weight, s.part_weight)
         self.g.train()
-        loss = (weight * (self.g(z) - target).abs()).mean()
+        if self.e is None:
+            error = (self.g(z) - target).abs()
+            loss = (weight * error).mean()
+        else:  # z above only chose the scenes; the generator draws them from the encoder's code
+            mean, logvar = self.e(target)
+            noise = torch.randn(mean.shape, generator=self.rng)
+            error = (self.g(mean + (0.5 * logvar).exp() * noise) - target).abs()
+            recon = (weight * error).flatten(1).sum(1) / s.recon_scale
+            kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum(1)
+            loss = (recon + s.kl_weight * kl).mean() / target[0].numel()
+            self.terms["kl"] = float(kl.detach().mean())
+        self.terms["l1"] = float(error.detach().mean())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at iteration {self.iteration}")
         self.opt.zero_grad(set_to_none=True)
@@ -120,13 +171,18 @@ class Pretrainer:
         return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "toyworld-pretrain", "settings": asdict(self.s),
-                "iteration": self.iteration, "g": self.g.state_dict(),
-                "g_ema": self.g_ema.state_dict(), "opt": self.opt.state_dict(),
-                "rng": self.rng.get_state()}
+        state = {"kind": "toyworld-pretrain", "settings": asdict(self.s),
+                 "iteration": self.iteration, "g": self.g.state_dict(),
+                 "g_ema": self.g_ema.state_dict(), "opt": self.opt.state_dict(),
+                 "rng": self.rng.get_state()}
+        if self.e is not None:
+            state["e"] = self.e.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])
+        if self.e is not None:
+            self.e.load_state_dict(state["e"])
         self.g_ema.load_state_dict(state["g_ema"])
         self.opt.load_state_dict(state["opt"])
         self.rng.set_state(state["rng"])
@@ -147,15 +203,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def held_out_l1(gen: ToyworldGenerator, n: int = 256, seed: int = 999) -> float:
-    """Unweighted L1 of ``gen`` (eval mode) against texture-free renders of ``n`` fixed latents."""
+def held_out_l1(gen: ToyworldGenerator, n: int = 256, seed: int = 999,
+                encoder: PosteriorEncoder | None = None) -> float:
+    """Unweighted L1 of ``gen`` (eval mode) against texture-free renders of ``n`` fixed latents:
+    drawn from those latents, or with ``encoder`` from the means of their codes (reconstruction)."""
     z = torch.randn(n, Z_DIM, generator=torch.Generator().manual_seed(seed))
     images, _ = render_latent_batch(z.double().numpy())
+    target = torch.from_numpy(images)
+    if encoder is not None:
+        z = encoder(target)[0]
     was = gen.training
     gen.eval()
     out = gen(z)
     gen.train(was)
-    return float((out - torch.from_numpy(images)).abs().mean())
+    return float((out - target).abs().mean())
 
 
 def export(state: dict[str, Any], weights_dir: Path, command: str, bn_batches: int = 50) -> None:
@@ -167,11 +228,12 @@ def export(state: dict[str, Any], weights_dir: Path, command: str, bn_batches: i
     gen = trainer.g_ema
     recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file(_storable(gen.state_dict(), True), str(weights_dir / GENERATOR_FILE))
+    save_file(storable(gen.state_dict(), True), str(weights_dir / GENERATOR_FILE))
     meta = {"stage": "pretrain (regression onto render_latent)", "seed": trainer.s.seed,
             "iterations": trainer.iteration, "settings": asdict(trainer.s),
             "training_seconds": round(float(state.get("elapsed_seconds", 0.0)), 1),
-            "held_out_l1": round(held_out_l1(gen), 5), "stored_dtype": "float16",
+            "held_out_l1": round(held_out_l1(gen, encoder=trainer.e), 5),
+            "stored_dtype": "float16",
             "torch": torch.__version__, "command": command}
     with open(weights_dir / METADATA_FILE, "w") as f:
         json.dump(meta, f, indent=2)
@@ -192,7 +254,9 @@ def train(args: argparse.Namespace) -> int:
         trainer = Pretrainer(Settings(seed=args.seed, batch=args.batch, lr=args.lr,
                                       edge_weight=args.edge_weight, part_weight=args.part_weight,
                                       upsample=args.upsample, lr_decay_start=args.lr_decay_start,
-                                      lr_decay_end=args.lr_decay_end or args.iters))
+                                      lr_decay_end=args.lr_decay_end or args.iters,
+                                      objective=args.objective, kl_weight=args.kl_weight,
+                                      recon_scale=args.recon_scale))
         elapsed0 = 0.0
         with open(out / LOG, "w") as f:
             f.write("iteration,seconds,loss,held_out_l1\n")
@@ -220,13 +284,13 @@ def train(args: argparse.Namespace) -> int:
                     snap = out / "snapshots" / f"iter_{it:06d}"
                     snap.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(out / CHECKPOINT, snap / CHECKPOINT)
-                held = held_out_l1(trainer.g_ema, n=args.preview)
+                held = held_out_l1(trainer.g_ema, n=args.preview, encoder=trainer.e)
                 log.write(f"{it},{elapsed:.1f},{running:.5f},{held:.5f}\n")
                 log.flush()
                 sample_grid(trainer.g_ema, out / "samples.png", n=args.preview)
-                print(f"iteration {it}: loss {running:.4f}, held-out L1 (EMA, {args.preview}) "
-                      f"{held:.4f}, "
-                      f"{elapsed:.0f}s", flush=True)
+                kl = f", KL {trainer.terms['kl']:.1f} nats" if "kl" in trainer.terms else ""
+                print(f"iteration {it}: loss {running:.4f}{kl}, held-out L1 (EMA, "
+                      f"{args.preview}) {held:.4f}, {elapsed:.0f}s", flush=True)
                 last = now
     return 0
 
@@ -244,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-weight", type=float, default=d.edge_weight)
     p.add_argument("--part-weight", type=float, default=d.part_weight)
     p.add_argument("--upsample", choices=("transpose", "nearest"), default=d.upsample)
+    p.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
+                   help="regression onto render_latent(z), or a VAE with the generator as "
+                        "decoder (module docstring)")
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight, help="VAE only")
+    p.add_argument("--recon-scale", type=float, default=d.recon_scale,
+                   help="VAE only: the Laplace scale dividing the weighted L1")
     p.add_argument("--lr-decay-start", type=int, default=0)
     p.add_argument("--lr-decay-end", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

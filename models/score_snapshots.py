@@ -231,7 +231,8 @@ def score_folder(folder: Path, scorer: Scorer, bn_batches: int) -> dict[str, Any
     so the weights always match the recorded ``bn_batches``), save its sample grid and score
     it; returns the score with ``label``, ``iteration`` and ``folder``."""
     from models.toyworld_gan import GENERATOR_FILE, METADATA_FILE, load_generator, load_metadata
-    from models.train_toyworld_gan import export, sample_grid
+    from models.toyworld_training import sample_grid
+    from models.train_toyworld_gan import export
 
     weights = folder / "w"
     cached = weights / SCORE_FILE

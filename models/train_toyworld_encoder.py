@@ -31,7 +31,7 @@ import torch
 from .safe_load import load_checkpoint
 from .toyworld_encoder import ENCODER_FILE, ENCODER_METADATA, ToyworldEncoder, sha256_of
 from .toyworld_gan import GENERATOR_FILE, WEIGHTS_DIR, load_generator
-from .train_toyworld_gan import render_pool, to_float
+from .toyworld_training import render_pool, to_float
 
 
 def fake_pool(gen: torch.nn.Module, seed: int, n: int, chunk: int = 250

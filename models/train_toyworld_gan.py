@@ -34,12 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .toyworld.render import render_batch
 from .toyworld_gan import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
@@ -52,6 +50,7 @@ from .toyworld_gan import (
     ToyworldDiscriminator,
     ToyworldGenerator,
 )
+from .toyworld_training import recalibrate_batchnorm, render_pool, sample_grid, storable, to_float
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -148,21 +147,6 @@ def leaf_rates(net: nn.Module | None, pool: torch.Tensor, batch: int = 128) -> t
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf."""
-
-
-def render_pool(seed: int, n: int, chunk: int = 1000) -> torch.Tensor:
-    """``n`` Toyworld scenes of ``seed`` as uint8 ``[n, 3, 64, 64]`` (compact training pool)."""
-    out = torch.empty(n, 3, 64, 64, dtype=torch.uint8)
-    for s in range(0, n, chunk):
-        k = min(chunk, n - s)
-        images, _ = render_batch(seed, s, k, 64)
-        out[s:s + k] = torch.from_numpy(np.rint((images + 1.0) * 127.5).astype(np.uint8))
-    return out
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pool images -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 class Trainer:
@@ -362,53 +346,6 @@ def make_trainer_from_checkpoint(state: dict[str, Any], pool: torch.Tensor) -> T
     return trainer
 
 
-@torch.no_grad()
-def sample_grid(gen: nn.Module, path: Path, n: int = 64, seed: int = 12345,
-                scale: int = 2) -> None:
-    """Save an 8x8 grid of ``gen`` samples (latent seed ``seed``), upscaled ``scale``x."""
-    from PIL import Image
-
-    assert isinstance(gen, ToyworldGenerator)
-    was_training = gen.training
-    gen.eval()
-    imgs = gen(gen.sample_latents(n, seed))
-    gen.train(was_training)
-    side = int(math.ceil(math.sqrt(n)))
-    grid = torch.ones(3, side * 66, side * 66)
-    for k in range(n):
-        r, c = divmod(k, side)
-        grid[:, r * 66 + 1:r * 66 + 65, c * 66 + 1:c * 66 + 65] = imgs[k]
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr)
-    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(gen: ToyworldGenerator, seed: int, batches: int = 50,
-                          batch: int = 64) -> None:
-    """Re-estimate BatchNorm running statistics of ``gen`` (cumulative mean over ``batches``)."""
-    norms = [m for m in gen.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    gen.train()
-    rng = torch.Generator().manual_seed(seed)
-    for _ in range(batches):
-        gen(torch.randn(batch, Z_DIM, generator=rng))
-    for m in norms:
-        m.momentum = 0.1
-    gen.eval()
-
-
-def _storable(state: dict[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, floating point ones as float16 when ``half`` (loading casts back)."""
-    return {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-            for k, v in state.items()}
-
-
 def export(out: Path, weights_dir: Path, bn_batches: int = 50,
            half: bool = True) -> dict[str, Any]:
     """Write the EMA generator, the discriminator and metadata from ``out``'s checkpoint.
@@ -421,8 +358,8 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50,
     gen = trainer.g_ema
     recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file(_storable(gen.state_dict(), half), str(weights_dir / GENERATOR_FILE))
-    save_file(_storable(trainer.d.state_dict(), half), str(weights_dir / DISCRIMINATOR_FILE))
+    save_file(storable(gen.state_dict(), half), str(weights_dir / GENERATOR_FILE))
+    save_file(storable(trainer.d.state_dict(), half), str(weights_dir / DISCRIMINATOR_FILE))
     meta = {"seed": trainer.s.seed, "iterations": trainer.iteration,
             "settings": asdict(trainer.s),
             "training_seconds": round(float(state.get("elapsed_seconds", 0.0)), 1),

@@ -20,6 +20,7 @@ from models.toyworld_gan import (
     load_discriminator,
     load_generator,
 )
+from models.toyworld_training import render_pool
 
 EXPECTED = {"layer1": (256, 4), "layer2": (256, 4), "layer3": (256, 8), "layer4": (256, 8),
             "layer5": (128, 16), "layer6": (128, 16), "layer7": (64, 32), "layer8": (32, 64)}
@@ -225,7 +226,7 @@ def test_lr_decay_schedule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert all(tr.lr_factor(tr.Settings(), i) == 1 for i in (0, 10**6))
     assert tr.training_command(s, 6, "x").endswith("--lr-decay-start 2 --lr-decay-end 6")
     trainer = tr.Trainer(tr.Settings(pool=4, batch=2, lr_decay_start=1, lr_decay_end=3),
-                         tr.render_pool(0, 4))
+                         render_pool(0, 4))
     for _ in range(3):
         trainer.step()
     c = 16 / 17  # lazy-R1 scaling of the discriminator's learning rate
@@ -252,7 +253,7 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    trainer = tr.Trainer(tr.Settings(pool=4, batch=2), tr.render_pool(0, 4))
+    trainer = tr.Trainer(tr.Settings(pool=4, batch=2), render_pool(0, 4))
     with torch.no_grad():
         trainer.d.head.bias.fill_(float("nan"))
     with pytest.raises(tr.TrainingDiverged, match="non-finite d_loss"):
@@ -350,7 +351,7 @@ def test_semantic_discriminator_and_rate_controller(tmp_path: Path) -> None:
     assert not any(k.startswith("_segnet") for k in sa["d"])
     torch.testing.assert_close(sa["running_rates"], sb["running_rates"], rtol=1e-4, atol=1e-6)
     # the target: mean leaf probabilities of the segmenter on the (8) real training scenes
-    pool = tr.render_pool(0, 8)
+    pool = render_pool(0, 8)
     target = tr.leaf_rates(tr._frozen_segmenter(), pool)
     torch.testing.assert_close(sa["target_rates"], target)
     assert abs(float(target.sum()) - 1.0) < 1e-4 and float(target[0]) > 0.2  # sky
