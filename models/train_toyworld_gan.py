@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pretrain_toyworld_gan import PosteriorEncoder
 from .toyworld_gan import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
@@ -79,6 +80,7 @@ class Settings:
     semantic_d: bool = False
     rate_weight: float = 0.0
     init_generator: str = ""
+    recon_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr_decay_start < 0 or (self.lr_decay_start
@@ -87,6 +89,9 @@ class Settings:
                              f"for no decay), got start {self.lr_decay_start}, end "
                              f"{self.lr_decay_end}; pass --lr-decay-start below --iters / "
                              f"--lr-decay-end")
+        if self.recon_weight and not self.init_generator:
+            raise ValueError("--recon-weight anchors the generator to the encoder of a VAE "
+                             "pretraining: pass --init-generator <pretraining>/checkpoint.pt")
 
 
 def lr_factor(settings: Settings, iteration: int) -> float:
@@ -172,6 +177,10 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(settings.seed + 1)
         self.iteration = 0
         self.last: dict[str, float] = {}
+        #: Frozen VAE encoder of the pretraining (``recon_weight`` > 0; loaded from it).
+        self.e: PosteriorEncoder | None = None
+        if settings.recon_weight:
+            self.e = PosteriorEncoder().eval().requires_grad_(False)
         self.segnet: nn.Module | None = None
         if settings.semantic_d or settings.rate_weight:
             self.segnet = _frozen_segmenter()
@@ -247,6 +256,10 @@ class Trainer:
         if s.rate_weight:
             assert fake_probs is not None
             g_loss = g_loss + s.rate_weight * self._rate_loss(fake_probs)
+        recon = torch.zeros(())
+        if self.e is not None:
+            recon = self._recon_loss(real[: max(1, s.batch // 2)])
+            g_loss = g_loss + s.recon_weight * recon
         self._check({"g_loss": float(g_loss.detach())})
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -254,6 +267,8 @@ class Trainer:
         self.opt_g.step()
         losses = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
                   "r1": float(r1.detach())}
+        if self.e is not None:
+            losses["recon"] = float(recon.detach())
         self._update_ema()
         self.iteration += 1
         self.last = losses
@@ -272,6 +287,16 @@ class Trainer:
             eps = 1e-4
             push = ((self.running_rates + eps) / (self.target_rates + eps)).log().clamp(-2, 2)
         return (batch_rates * push.to(batch_rates.dtype)).sum()
+
+    def _recon_loss(self, real: torch.Tensor) -> torch.Tensor:
+        """Mean L1 between ``real`` and the generator's drawing of a code sampled from the frozen
+        VAE encoder's ``q(z|real)``: keeps every scene the pretraining could draw drawable (an
+        anchor against mode dropping, as in VAE-GAN hybrids)."""
+        assert self.e is not None
+        with torch.no_grad():
+            mean, logvar = self.e(real)
+            code = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=self.rng)
+        return (self.g(code) - real).abs().mean()
 
     def _check(self, losses: dict[str, float]) -> None:
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
@@ -292,7 +317,8 @@ class Trainer:
                 "g": self.g.state_dict(), "d": self.d.state_dict(),
                 "g_ema": self.g_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state(),
-                "target_rates": self.target_rates, "running_rates": self.running_rates}
+                "target_rates": self.target_rates, "running_rates": self.running_rates,
+                **({} if self.e is None else {"e": self.e.state_dict()})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])
@@ -302,6 +328,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.rng.set_state(state["rng"])
         self.iteration = int(state["iteration"])
+        if self.e is not None:
+            self.e.load_state_dict(state["e"])
         if "running_rates" in state:
             self.target_rates.copy_(state["target_rates"])
             self.running_rates.copy_(state["running_rates"])
@@ -377,7 +405,8 @@ def export(out: Path, weights_dir: Path, bn_batches: int = 50,
 
 def init_from_pretraining(trainer: Trainer, path: Path) -> None:
     """Start ``trainer``'s generator and its EMA copy from the EMA generator of a
-    ``models.pretrain_toyworld_gan`` checkpoint (same ``upsample``, else a clear error)."""
+    ``models.pretrain_toyworld_gan`` checkpoint (same ``upsample``, else a clear error), and
+    with ``recon_weight`` its frozen encoder from that checkpoint's VAE encoder."""
     from .pretrain_toyworld_gan import load_checkpoint as load_pretraining
 
     state = load_pretraining(path)
@@ -385,6 +414,11 @@ def init_from_pretraining(trainer: Trainer, path: Path) -> None:
         raise ValueError(f"{path} was pretrained with --upsample "
                          f"{state['settings']['upsample']}, this run uses {trainer.s.upsample}; "
                          "pass the same --upsample")
+    if trainer.e is not None:
+        if "e" not in state:
+            raise ValueError(f"--recon-weight needs the encoder of a VAE pretraining, and {path} "
+                             "has none: pretrain with --objective vae, or drop --recon-weight")
+        trainer.e.load_state_dict(state["e"])
     trainer.g.load_state_dict(state["g_ema"])
     trainer.g_ema.load_state_dict(state["g_ema"])
     print(f"generator initialised from {path} (pretraining iteration {state['iteration']})",
@@ -404,7 +438,7 @@ def train(args: argparse.Namespace) -> int:
                          reuse_fake=args.reuse_fake, upsample=args.upsample,
                          lr_decay_start=args.lr_decay_start,
                          semantic_d=args.semantic_d, rate_weight=args.rate_weight,
-                         init_generator=args.init_generator,
+                         init_generator=args.init_generator, recon_weight=args.recon_weight,
                          lr_decay_end=((args.lr_decay_end or args.iters)
                                        if args.lr_decay_start else 0)))
     if state is not None and args.lr_decay_start and not settings.lr_decay_start:
@@ -525,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = off)")
     p.add_argument("--init-generator", default=d.init_generator,
                    help="start the generator from a models.pretrain_toyworld_gan checkpoint")
+    p.add_argument("--recon-weight", type=float, default=d.recon_weight,
+                   help="with --init-generator of a VAE pretraining: weight of the L1 between "
+                        "real scenes and the generator's drawing of their (frozen) encoder "
+                        "codes, an anchor against mode dropping (0 = off)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (keep 1 when sharing)")
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
     p.add_argument("--max-minutes", type=float, default=0.0,

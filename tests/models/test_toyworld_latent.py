@@ -16,6 +16,7 @@ from models.toyworld.latent import (
     render_latent_batch,
 )
 from models.toyworld.render import render_leaves
+from models.toyworld_training import render_pool
 
 
 def _z(seed: int, n: int | None = None) -> np.ndarray:
@@ -185,3 +186,31 @@ def test_adversarial_training_starts_from_the_pretrained_generator(tmp_path, cap
     assert state["settings"]["init_generator"] == str(pre / "checkpoint.pt")
     assert gan.main(["--out", str(tmp_path / "gan2"), *argv[2:], "--upsample", "nearest"]) == 1
     assert "pass the same --upsample" in capsys.readouterr().err
+
+
+def test_adversarial_training_keeps_the_vae_encoder_as_a_reconstruction_anchor(tmp_path,
+                                                                                capsys) -> None:
+    from models import train_toyworld_gan as gan
+
+    torch.set_num_threads(1)
+    vae, reg = tmp_path / "vae", tmp_path / "reg"
+    assert main(["--out", str(vae), "--iters", "1", "--batch", "2", "--preview", "2",
+                 "--objective", "vae"]) == 0
+    assert main(["--out", str(reg), "--iters", "1", "--batch", "2", "--preview", "2"]) == 0
+    encoder = load_checkpoint(vae / "checkpoint.pt")["e"]
+    common = ["--pool", "8", "--batch", "4", "--recon-weight", "2"]
+    out = tmp_path / "gan"
+    assert gan.main(["--out", str(out), "--iters", "2", *common,
+                     "--init-generator", str(vae / "checkpoint.pt")]) == 0
+    state = gan.load_checkpoint(out)
+    for k, v in encoder.items():  # frozen: unchanged by two iterations
+        assert torch.equal(state["e"][k], v)
+    trainer = gan.make_trainer_from_checkpoint(state, render_pool(0, 8))
+    losses = trainer.step()
+    assert trainer.e is not None and losses["recon"] > 0
+    assert all(not p.requires_grad for p in trainer.e.parameters())
+    assert gan.main(["--out", str(tmp_path / "g2"), "--iters", "1", *common,
+                     "--init-generator", str(reg / "checkpoint.pt")]) == 1
+    assert "pretrain with --objective vae" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pass --init-generator"):
+        gan.Settings(recon_weight=1.0)
