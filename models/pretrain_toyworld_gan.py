@@ -25,6 +25,13 @@ and ``G(z)`` for ``z ~ N(0, I)`` samples the scene distribution::
     python -m models.pretrain_toyworld_gan --out runs/p1 --resume --iters 40000
     python -m models.pretrain_toyworld_gan --out runs/p1 --export-to runs/p1/weights
     python -m models.pretrain_toyworld_gan --objective vae --seed 0 --iters 20000 --out runs/v1
+    python -m models.pretrain_toyworld_gan --out runs/v1 --whiten-to runs/v1/whitened.pt
+
+A VAE's codes do not fill ``N(0, I)``: some directions carry almost no variance, others more
+than 1, so ``G(z)`` for ``z ~ N(0, I)`` draws incoherent scenes where reconstructions are good.
+``--whiten-to`` (see :func:`whiten`) folds a Gaussian fit of the codes into the generator's
+first linear map, so ``N(0, I)`` latents land where codes are; the adversarial stage starts from
+that file.
 """
 
 from __future__ import annotations
@@ -184,9 +191,66 @@ class Pretrainer:
         if self.e is not None:
             self.e.load_state_dict(state["e"])
         self.g_ema.load_state_dict(state["g_ema"])
-        self.opt.load_state_dict(state["opt"])
+        if "opt" in state:  # absent in whitened checkpoints (see whiten)
+            self.opt.load_state_dict(state["opt"])
         self.rng.set_state(state["rng"])
         self.iteration = int(state["iteration"])
+
+
+@torch.no_grad()
+def whiten(state: dict[str, Any], n: int = 4096, seed: int = 4242,
+           ridge: float = 1e-4) -> dict[str, Any]:
+    """A VAE pretraining state whose generator takes whitened codes.
+
+    Encodes ``n`` texture-free renders, fits ``C = cov(means) + diag(mean posterior variance)
+    + ridge * I`` (the codes' own mean, ~0.2 per dimension, is left out: a per-position shift
+    before BatchNorm cannot be folded without a bias) and its Cholesky factor ``L``. Then the
+    generators' ``layer1.linear.weight`` becomes ``W @ L`` (so ``G'(u) = G(L u)``) and the
+    encoder's mean head is premultiplied by ``L^-1`` (so its codes are in ``u`` coordinates);
+    its log-variance head is replaced by a constant, the average posterior variance in those
+    coordinates. The optimiser state is dropped: the result starts the adversarial stage
+    (``train_toyworld_gan --init-generator``) and cannot resume the VAE. ``state["whitened"]``
+    records ``n``, ``seed``, ``L`` (``cholesky``) and the spectrum of ``C``.
+    """
+    if state["settings"].get("objective") != "vae" or "e" not in state:
+        raise ValueError("whitening needs a VAE pretraining checkpoint (--objective vae)")
+    if "whitened" in state:
+        raise ValueError("this checkpoint is already whitened")
+    trainer = Pretrainer(Settings(**state["settings"]))
+    trainer.load_state_dict(state)
+    assert trainer.e is not None
+    means, variances = [], []
+    z = torch.randn(n, Z_DIM, generator=torch.Generator().manual_seed(seed))
+    for s in range(0, n, 256):
+        images, _ = render_latent_batch(z[s:s + 256].double().numpy())
+        mean, logvar = trainer.e(torch.from_numpy(images))
+        means.append(mean.double())
+        variances.append(logvar.double().exp())
+    m, v = torch.cat(means), torch.cat(variances)
+    cov = torch.cov(m.T) + torch.diag(v.mean(0)) + ridge * torch.eye(Z_DIM, dtype=torch.float64)
+    chol = torch.linalg.cholesky(cov)
+    inv = torch.linalg.solve_triangular(chol, torch.eye(Z_DIM, dtype=torch.float64), upper=False)
+    out = {k: state[k] for k in ("kind", "settings", "iteration", "rng")}
+    out["elapsed_seconds"] = state.get("elapsed_seconds", 0.0)
+    for key in ("g", "g_ema"):
+        g = dict(state[key])
+        w = g["layer1.linear.weight"]
+        g["layer1.linear.weight"] = (w.double() @ chol).to(w.dtype)
+        out[key] = g
+    e = dict(state["e"])
+    hw, hb = e["head.weight"], e["head.bias"]
+    post_var = ((inv.square() @ v.mean(0)).clamp_min(1e-12)).log()
+    e["head.weight"] = torch.cat([(inv @ hw[:Z_DIM].double()).to(hw.dtype),
+                                  torch.zeros_like(hw[Z_DIM:])])
+    e["head.bias"] = torch.cat([(inv @ hb[:Z_DIM].double()).to(hb.dtype),
+                                post_var.to(hb.dtype)])
+    out["e"] = e
+    spectrum = torch.linalg.eigvalsh(cov)
+    out["whitened"] = {"samples": n, "seed": seed, "ridge": ridge, "cholesky": chol.float(),
+                       "eigenvalues_min_median_max": [float(spectrum[0]),
+                                                      float(spectrum.median()),
+                                                      float(spectrum[-1])]}
+    return out
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -246,6 +310,9 @@ def train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         state = load_checkpoint(out / CHECKPOINT)
+        if "whitened" in state or "opt" not in state:
+            raise ValueError(f"{out / CHECKPOINT} is a whitened checkpoint (no optimiser state): "
+                             "it starts the adversarial stage, resume the VAE run it came from")
         trainer = Pretrainer(Settings(**state["settings"]))
         trainer.load_state_dict(state)
         elapsed0 = float(state.get("elapsed_seconds", 0.0))
@@ -324,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latents for the held-out L1 and the sample grid at each checkpoint")
     p.add_argument("--bn-batches", type=int, default=50,
                    help="batches of 64 for BatchNorm recalibration at --export-to")
+    p.add_argument("--whiten-to", default=None,
+                   help="write a whitened copy of the VAE checkpoint <out>/checkpoint.pt to "
+                        "this file and exit (module docstring)")
+    p.add_argument("--whiten-samples", type=int, default=4096,
+                   help="renders encoded for --whiten-to's Gaussian fit")
     p.add_argument("--export-to", default=None,
                    help="write the EMA generator of <out>/checkpoint.pt to this folder and exit")
     return p
@@ -331,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.whiten_to:
+        torch.set_num_threads(args.threads)
+        state = load_checkpoint(Path(args.out) / CHECKPOINT)
+        white = whiten(state, n=args.whiten_samples)
+        Path(args.whiten_to).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(white, args.whiten_to)
+        print(f"whitened iteration {white['iteration']} into {args.whiten_to}: code covariance "
+              f"eigenvalues (min, median, max) {white['whitened']['eigenvalues_min_median_max']}")
+        return 0
     if args.export_to:
         state = load_checkpoint(Path(args.out) / CHECKPOINT)
         export(state, Path(args.export_to), "python -m models.pretrain_toyworld_gan "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,50 @@ def test_adversarial_training_keeps_the_vae_encoder_as_a_reconstruction_anchor(t
     assert "pretrain with --objective vae" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pass --init-generator"):
         gan.Settings(recon_weight=1.0)
+
+
+def test_whitening_folds_the_code_distribution_into_the_generator(tmp_path, capsys) -> None:
+    """G'(L^-1 m) == G(m) for the encoder's mean codes m, with C = L L^T the codes' fitted
+    covariance; whitened checkpoints start the adversarial stage but never resume the VAE."""
+    from models import train_toyworld_gan as gan
+    from models.pretrain_toyworld_gan import whiten
+    from models.toyworld.latent import render_latent_batch
+
+    torch.set_num_threads(1)
+    vae = tmp_path / "vae"
+    assert main(["--out", str(vae), "--iters", "2", "--batch", "2", "--preview", "2",
+                 "--objective", "vae"]) == 0
+    state = load_checkpoint(vae / "checkpoint.pt")
+    white = whiten(state, n=300, seed=1)
+    old, new = Pretrainer(Settings(**state["settings"])), Pretrainer(Settings(**state["settings"]))
+    old.load_state_dict(state)
+    new.load_state_dict(white)
+    assert old.e is not None and new.e is not None
+    images, _ = render_latent_batch(torch.randn(300, 128, generator=torch.Generator()
+                                                .manual_seed(1)).double().numpy())
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        m_old, lv_old = old.e(x)
+        m_new, _ = new.e(x)
+        chol = white["whitened"]["cholesky"].double()
+        cov = torch.cov(m_old.double().T) + torch.diag(lv_old.double().exp().mean(0))
+        torch.testing.assert_close(chol @ chol.T, cov + 1e-4 * torch.eye(128, dtype=torch.float64),
+                                   rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(chol.float() @ m_new[:8].T, m_old[:8].T, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(new.g_ema(m_new[:8]), old.g_ema(m_old[:8]), rtol=1e-3,
+                                   atol=1e-4)
+    assert white["whitened"]["samples"] == 300 and "opt" not in white
+    with pytest.raises(ValueError, match="already whitened"):
+        whiten(white)
+    assert main(["--out", str(vae), "--whiten-to", str(tmp_path / "w.pt"),
+                 "--whiten-samples", "200"]) == 0
+    shutil.copyfile(tmp_path / "w.pt", vae / "checkpoint.pt")
+    assert main(["--out", str(vae), "--resume", "--iters", "3", "--preview", "2"]) == 1
+    assert "whitened checkpoint" in capsys.readouterr().err
+    argv = ["--out", str(tmp_path / "gan"), "--iters", "1", "--pool", "8", "--batch", "4",
+            "--recon-weight", "1", "--init-generator", str(tmp_path / "w.pt")]
+    assert gan.main(argv) == 0
+    reg = tmp_path / "reg"
+    assert main(["--out", str(reg), "--iters", "1", "--batch", "2", "--preview", "2"]) == 0
+    with pytest.raises(ValueError, match="needs a VAE"):
+        whiten(load_checkpoint(reg / "checkpoint.pt"))
