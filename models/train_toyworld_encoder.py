@@ -14,6 +14,11 @@ Batches depend only on (seed, iteration), so ``--resume`` after an interruption 
 same weights up to floating-point nondeterminism.
 
     python -m models.train_toyworld_encoder --seed 0 --iters 1500 --out runs/encoder --export
+
+``--init-from`` starts the encoder from the VAE encoder of a generator pretraining
+(``models.pretrain_toyworld_gan --objective vae``, whitened or not) or of an adversarial run
+started from one (``train_toyworld_gan --recon-weight``): its convolutions and the mean rows of
+its head, which already map scenes to codes of that generator's lineage.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,22 @@ def fake_pool(gen: torch.nn.Module, seed: int, n: int, chunk: int = 250
     return z, images
 
 
+def init_from_vae(enc: ToyworldEncoder, path: str | Path) -> None:
+    """Copy the convolutions and mean head of the VAE encoder stored under ``"e"`` in the
+    checkpoint ``path`` into ``enc``; a clear error when the file holds no such encoder."""
+    state = load_checkpoint(path)
+    e = state.get("e") if isinstance(state, dict) else None
+    if not isinstance(e, dict) or "head.weight" not in e:
+        raise ValueError(f"{path} holds no VAE encoder (key 'e'): pass a checkpoint of "
+                         "models.pretrain_toyworld_gan --objective vae, or of "
+                         "models.train_toyworld_gan run with --recon-weight")
+    z_dim = enc.head.out_features
+    own = {k: v for k, v in e.items() if k.startswith("features.")}
+    own["head.weight"] = e["head.weight"][:z_dim]
+    own["head.bias"] = e["head.bias"][:z_dim]
+    enc.load_state_dict(own)
+
+
 def _batch(fakes: tuple[torch.Tensor, torch.Tensor], pool: torch.Tensor, seed: int,
            iteration: int, n: int, n_real: int) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
@@ -63,6 +85,9 @@ def train(args: argparse.Namespace) -> int:
     gen.requires_grad_(False)
     torch.manual_seed(args.seed)
     enc = ToyworldEncoder()
+    if args.init_from and not args.resume:
+        init_from_vae(enc, args.init_from)
+        print(f"encoder initialised from the VAE encoder in {args.init_from}", flush=True)
     opt = torch.optim.Adam(enc.parameters(), lr=args.lr, betas=(0.5, 0.99))
     start, elapsed0 = 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -140,7 +165,9 @@ def export(enc: ToyworldEncoder, weights_dir: Path, gen_file: Path, args: argpar
                        f"--iters {args.iters} --batch {args.batch} --lr {args.lr} "
                        f"--rec-weight {args.rec_weight} --real-batch {args.real_batch} "
                        f"--data-seed {args.data_seed} --pool {args.pool} "
-                       f"--fake-pool {args.fake_pool} --export"}
+                       f"--fake-pool {args.fake_pool}"
+                       + (f" --init-from {args.init_from}" if args.init_from else "")
+                       + " --export"}
     (weights_dir / ENCODER_METADATA).write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -163,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=int, default=4000, help="rendered scenes in the pool")
     p.add_argument("--generator", default=str(WEIGHTS_DIR / GENERATOR_FILE),
                    help="generator weights the encoder is for")
+    p.add_argument("--init-from", default="",
+                   help="start from the VAE encoder in this pretraining or GAN checkpoint")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export", action="store_true", help="write models/weights/ at the end")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
@@ -179,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     np.seterr(all="ignore")
-    return train(args)
+    try:
+        return train(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -42,3 +42,24 @@ def test_the_shipped_encoder_starts_closer_than_seeded_latents():
         encoded = _psnr(gen(enc(x)), x)
         seeded = _psnr(gen(gen.sample_latents(8, seed=0)), x)
     assert np.isfinite(encoded) and encoded > seeded + 1.0
+
+
+def test_the_encoder_can_start_from_a_vae_pretraining(tmp_path):
+    from models.pretrain_toyworld_gan import PosteriorEncoder
+    from models.pretrain_toyworld_gan import main as pretrain
+    from models.safe_load import load_checkpoint
+    from models.train_toyworld_encoder import init_from_vae
+
+    quick = ["--iters", "1", "--batch", "2", "--preview", "2"]
+    assert pretrain(["--out", str(tmp_path / "vae"), *quick, "--objective", "vae"]) == 0
+    assert pretrain(["--out", str(tmp_path / "reg"), *quick]) == 0
+    path = tmp_path / "vae" / "checkpoint.pt"
+    vae = PosteriorEncoder()
+    vae.load_state_dict(load_checkpoint(path)["e"])
+    enc = ToyworldEncoder()
+    init_from_vae(enc, path)
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), vae(x)[0])
+    with pytest.raises(ValueError, match="holds no VAE encoder"):
+        init_from_vae(enc, tmp_path / "reg" / "checkpoint.pt")
