@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.pretrain_toyworld_gan import Pretrainer, Settings, load_checkpoint
+from models.pretrain_toyworld_gan import Pretrainer, load_checkpoint
 from models.toyworld.latent import render_latent_batch
 
 
 def _trainer(path: str) -> Pretrainer:
-    state = load_checkpoint(Path(path))
-    trainer = Pretrainer(Settings(**state["settings"]))
-    trainer.load_state_dict(state)
+    trainer = Pretrainer.from_state(load_checkpoint(Path(path)))
     trainer.g_ema.eval()
     return trainer
 

@@ -186,6 +186,13 @@ class Pretrainer:
             state["e"] = self.e.state_dict()
         return state
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Pretrainer:
+        """A pretrainer restored from a checkpoint's ``state`` (its settings and weights)."""
+        trainer = cls(Settings(**state["settings"]))
+        trainer.load_state_dict(state)
+        return trainer
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g.load_state_dict(state["g"])
         if self.e is not None:
@@ -216,8 +223,7 @@ def whiten(state: dict[str, Any], n: int = 4096, seed: int = 4242,
         raise ValueError("whitening needs a VAE pretraining checkpoint (--objective vae)")
     if "whitened" in state:
         raise ValueError("this checkpoint is already whitened")
-    trainer = Pretrainer(Settings(**state["settings"]))
-    trainer.load_state_dict(state)
+    trainer = Pretrainer.from_state(state)
     assert trainer.e is not None
     means, variances = [], []
     z = torch.randn(n, Z_DIM, generator=torch.Generator().manual_seed(seed))
@@ -287,8 +293,7 @@ def export(state: dict[str, Any], weights_dir: Path, command: str, bn_batches: i
     """Write the EMA generator (float16, BatchNorm recalibrated) and its metadata."""
     from safetensors.torch import save_file
 
-    trainer = Pretrainer(Settings(**state["settings"]))
-    trainer.load_state_dict(state)
+    trainer = Pretrainer.from_state(state)
     gen = trainer.g_ema
     recalibrate_batchnorm(gen, seed=trainer.s.seed + 2, batches=bn_batches)
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +318,7 @@ def train(args: argparse.Namespace) -> int:
         if "whitened" in state or "opt" not in state:
             raise ValueError(f"{out / CHECKPOINT} is a whitened checkpoint (no optimiser state): "
                              "it starts the adversarial stage, resume the VAE run it came from")
-        trainer = Pretrainer(Settings(**state["settings"]))
-        trainer.load_state_dict(state)
+        trainer = Pretrainer.from_state(state)
         elapsed0 = float(state.get("elapsed_seconds", 0.0))
         print(f"resumed at iteration {trainer.iteration}", flush=True)
     else:
