@@ -1,5 +1,6 @@
 """Pieces shared by the Toyworld generator's training scripts: the rendered training pool, the
-sample grid written at each checkpoint, BatchNorm recalibration before export, float16 storage."""
+sample grid written at each checkpoint (and the same grid of rendered scenes), BatchNorm
+recalibration before export, float16 storage."""
 
 from __future__ import annotations
 
@@ -34,13 +35,27 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def sample_grid(gen: nn.Module, path: Path, n: int = 64, seed: int = 12345,
                 scale: int = 2) -> None:
     """Save an 8x8 grid of ``gen`` samples (latent seed ``seed``), upscaled ``scale``x."""
-    from PIL import Image
-
     assert isinstance(gen, ToyworldGenerator)
     was_training = gen.training
     gen.eval()
     imgs = gen(gen.sample_latents(n, seed))
     gen.train(was_training)
+    save_grid(imgs, path, scale)
+
+
+def rendered_grid(path: Path, n: int = 64, seed: int = 12345, scale: int = 2) -> None:
+    """Save scenes ``0..n-1`` of render seed ``seed`` (never a training seed) like
+    :func:`sample_grid`, to put the generator's samples beside what it learnt from."""
+    images, _ = render_batch(seed, 0, n, 64)
+    save_grid(torch.from_numpy(images), path, scale)
+
+
+def save_grid(imgs: torch.Tensor, path: Path, scale: int = 2) -> None:
+    """Images ``[n, 3, 64, 64]`` in [-1, 1] as a square grid PNG (1-pixel white borders),
+    upscaled ``scale``x; written atomically."""
+    from PIL import Image
+
+    n = imgs.shape[0]
     side = int(math.ceil(math.sqrt(n)))
     grid = torch.ones(3, side * 66, side * 66)
     for k in range(n):
