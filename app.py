@@ -92,7 +92,7 @@ INVERSION_SLOTS = 1
 #: Largest upload the server accepts (bytes); photos over ``MAX_BYTES`` are refused with a
 #: message, larger uploads by Gradio before they are stored.
 UPLOAD_LIMIT = 2 * MAX_BYTES
-DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer4"}
+DEFAULTS: dict[str, Any] = {"model": "toyworld", "segmenter": "toyworld", "layer": "layer5"}
 FALLBACK: dict[str, Any] = {"model": "planted", "segmenter": "planted", "layer": "layout"}
 _ROW = "display:flex;gap:10px;align-items:center;flex-wrap:wrap"
 
@@ -137,7 +137,7 @@ def build_status(job: PainterJob) -> str:
             f"painting starts when this is done.</div>{notes}")
 
 
-def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer4",
+def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str = "layer5",
               painter: Painter | None = None, job: PainterJob | None = None,
               fallback: bool = False, inversion: InversionSettings | None = None,
               photos: PhotoStore | None = None, **build: Any) -> Any:

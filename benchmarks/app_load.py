@@ -3,7 +3,7 @@
     python benchmarks/app_load.py [--sessions 8] [--edits 12] [--mode latency|memory|all]
                                   [--url http://127.0.0.1:7860/ [--pid PID]]
 
-Starts ``app.py`` in a subprocess on a free port (bundled Toyworld GAN, layer4, whose brushes
+Starts ``app.py`` in a subprocess on a free port (bundled Toyworld GAN, layer5, whose brushes
 ship with the package; ``--model --segmenter --layer`` choose others), or drives a running
 app at ``--url``. Each session is its own ``gradio_client.Client`` (its own Gradio session,
 so its own history): it opens an image (``image``), then paints ``--edits`` strokes
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --url: the server's process id, for its RSS")
     parser.add_argument("--model", default="toyworld")
     parser.add_argument("--segmenter", default="toyworld")
-    parser.add_argument("--layer", default="layer4")
+    parser.add_argument("--layer", default="layer5")
     parser.add_argument("--concepts", default="house,road,grass",
                         help="brushes painted in turn (comma list)")
     parser.add_argument("--sessions", type=int, default=8, help="sessions at once")

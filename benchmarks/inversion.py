@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-encoder", action="store_true", help="start from seeded latents")
     p.add_argument("--edits", action="store_true", help="also measure tree remove/draw")
     p.add_argument("--strength", type=int, default=20, help="units per brush stroke")
+    p.add_argument("--brush-layer", default="layer5",
+                   help="layer of the shipped brushes used for the edits (the app's default; "
+                        "at or after the inversion's layer)")
     p.add_argument("--optimize-steps", type=int, default=InversionSettings.optimize_steps)
     p.add_argument("--adapt-steps", type=int, default=InversionSettings.adapt_steps)
     p.add_argument("--out", default=None, help="folder for results.json and a figure")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.edits:
         from gandissect.paint.painter import open_painter
 
-        painter = open_painter("toyworld", "toyworld", settings.layer)  # the shipped brushes
+        painter = open_painter("toyworld", "toyworld", args.brush_layer)  # the shipped brushes
         seg = segmenters.load("toyworld")
     images, masks = render_batch(args.seed, 0, args.n)
     rows: list[dict[str, Any]] = []

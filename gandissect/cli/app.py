@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="toyworld",
                         help="generator: NAME or NAME:PATH (local checkpoint, folder or hub id)")
     parser.add_argument("--segmenter", default="toyworld", help="segmenter: NAME or NAME:PATH")
-    parser.add_argument("--layer", default="layer4")
+    parser.add_argument("--layer", default="layer5")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--inversion-steps", type=_steps, nargs=2, metavar=("OPTIMIZE", "ADAPT"),

@@ -1,4 +1,4 @@
-"""The paint loop of issue 19 in a real browser on the bundled model (Toyworld GAN, layer4):
+"""The paint loop of issue 19 in a real browser on the bundled model (Toyworld GAN, layer5):
 ten strokes painted and applied in a row, each changing the image where it was painted, with
 the canvas showing the current image every time; and a fresh cache serves its page at once."""
 
@@ -38,7 +38,7 @@ BRUSH = 24  # the canvas's default brush width, in mask pixels
 
 @pytest.fixture(scope="module")
 def toyworld(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The default app (toyworld, layer4) on an empty cache: the shipped brushes serve it."""
+    """The default app (toyworld, layer5) on an empty cache: the shipped brushes serve it."""
     mp = pytest.MonkeyPatch()
     mp.setenv("GANDISSECT_CACHE", str(tmp_path_factory.mktemp("cache")))
     demo = app.build_app()

@@ -1,5 +1,5 @@
 """Uploading a photo to the GANPaint app, driven through gradio_client on a live server (bundled
-Toyworld GAN, layer4, shipped brushes): bad uploads are refused with a message, a photo is
+Toyworld GAN, layer5, shipped brushes): bad uploads are refused with a message, a photo is
 painted, undone and kept per session, and a dropped photo is said. A rendered scene of seed 7
 plays the photo; the app's inversion runs 30 + 30 steps (``FAST``, passed to ``build_app``)
 instead of 150 + 250 to keep the test quick."""

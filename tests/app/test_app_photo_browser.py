@@ -1,5 +1,5 @@
 """Editing an uploaded photo in a real browser (issue 19), on the bundled model (Toyworld GAN,
-layer4, shipped brushes): upload a photo, see the inversion's progress and then its
+layer5, shipped brushes): upload a photo, see the inversion's progress and then its
 reconstruction beside the photo, paint a stroke, apply, undo, redo and download the result.
 
 A rendered Toyworld scene of seed 7 (the generator never saw it) plays the photo, uploaded as a
