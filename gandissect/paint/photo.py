@@ -129,16 +129,28 @@ def _frozen(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def inversion_layer(painter: Painter) -> str:
+    """The layer a photo is inverted at for ``painter``: the one just before the painter's
+    (its first layer if the painter's is the first). Brush strokes then act on features the
+    generator computes from the optimised ones, instead of overwriting them: on the bundled GAN
+    a 20-unit tree-remove stroke at layer5 takes 69% of a tree from photos inverted at layer4,
+    33% from photos inverted at layer5 (docs/inversion.md)."""
+    layers = list(painter.layers)
+    i = layers.index(painter.layer)
+    return layers[max(i - 1, 0)]
+
+
 def invert_photo(painter: Painter, source: Any, settings: InversionSettings | None = None,
                  encoder: torch.nn.Module | None = None, progress: Progress | None = None,
                  name: str = "photo") -> Photo:
     """``source`` (a path, encoded bytes, a PIL image or an array, read by
     :func:`~gandissect.inversion.photo.load_photo` at the painter's resolution; PhotoError
-    when it is not a usable image) inverted into the painter's generator at the painter's
-    layer (``settings.layer`` is replaced by it). The shared generator is copied under the
-    painter's lock (no render's hooks come along) and never modified."""
+    when it is not a usable image) inverted into the painter's generator at
+    :func:`inversion_layer` (``settings.layer`` is replaced by it), so the painter's strokes act
+    on it. The shared generator is copied under the painter's lock (no render's hooks come
+    along) and never modified."""
     photo = load_photo(source, painter.resolution)
-    settings = replace(settings or InversionSettings(), layer=painter.layer)
+    settings = replace(settings or InversionSettings(), layer=inversion_layer(painter))
     generator = painter.generator
     if next(iter(generator.parameters()), None) is None:
         raise ValueError(f"the model {painter.name or type(generator).__name__!r} has no "

@@ -21,12 +21,12 @@ from gandissect.common.hooks import Trace
 from gandissect.inversion.invert import InversionSettings
 from gandissect.inversion.photo import MAX_BYTES, PhotoError
 from gandissect.paint.painter import History, Painter
-from gandissect.paint.photo import Photo, PhotoStore, invert_photo
+from gandissect.paint.photo import Photo, PhotoStore, inversion_layer, invert_photo
 from models.toyworld import render_scene
 
 FAST = InversionSettings(optimize_steps=30, adapt_steps=30, candidates=4)
-#: Units of layer4 removed by the test stroke (many, so that the change is visible).
-UNITS = tuple(range(0, 128, 2))
+#: Units of layer4 removed by the test stroke (half of them, so that the change is visible).
+UNITS = tuple(range(0, 256, 2))
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,15 @@ def test_the_photo_itself_without_strokes(painter: Painter, photo: Photo,
     shown = painter.render(photo)
     assert np.array_equal(shown, np.asarray(Image.open(scene_png).convert("RGB")))
     assert not shown.flags.writeable
-    assert photo.layer == painter.layer and photo.resolution == 64
+    assert photo.layer == "layer3" and photo.resolution == 64  # the layer before layer4
     assert photo.psnr > 20 and "reconstruction PSNR" in photo.describe()
     assert photo.reconstruction.shape == (64, 64, 3)
+
+
+def test_photos_are_inverted_one_layer_before_the_brushes() -> None:
+    gen = models.load("toyworld")
+    for layer, expected in (("layer5", "layer4"), ("layer4", "layer3"), ("layer1", "layer1")):
+        assert inversion_layer(Painter(gen, name="toyworld", layer=layer)) == expected
 
 
 def test_strokes_act_inside_undo_and_redo(painter: Painter, photo: Photo) -> None:
