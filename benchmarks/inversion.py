@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         "at or after the inversion's layer)")
     p.add_argument("--optimize-steps", type=int, default=InversionSettings.optimize_steps)
     p.add_argument("--adapt-steps", type=int, default=InversionSettings.adapt_steps)
+    p.add_argument("--adapt-penalty", type=float, default=InversionSettings.adapt_penalty)
     p.add_argument("--out", default=None, help="folder for results.json and a figure")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         encoder = load_encoder()
     settings = InversionSettings(optimize_steps=args.optimize_steps,
-                                 adapt_steps=args.adapt_steps)
+                                 adapt_steps=args.adapt_steps, adapt_penalty=args.adapt_penalty)
     painter = seg = None
     if args.edits:
         from gandissect.paint.painter import open_painter

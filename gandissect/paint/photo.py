@@ -133,8 +133,8 @@ def inversion_layer(painter: Painter) -> str:
     """The layer a photo is inverted at for ``painter``: the one just before the painter's
     (its first layer if the painter's is the first). Brush strokes then act on features the
     generator computes from the optimised ones, instead of overwriting them: on the bundled GAN
-    a 20-unit tree-remove stroke at layer5 takes 69% of a tree from photos inverted at layer4,
-    33% from photos inverted at layer5 (docs/inversion.md)."""
+    a 20-unit tree-remove stroke at layer5 took 69% of a tree from photos inverted at layer4,
+    33% from photos inverted at layer5 (5 held-out scenes; docs/inversion.md)."""
     layers = list(painter.layers)
     i = layers.index(painter.layer)
     return layers[max(i - 1, 0)]
