@@ -60,6 +60,9 @@ class Painter(Protocol):
     def resolution(self) -> int: ...
 
     @property
+    def layers(self) -> list[str]: ...
+
+    @property
     def lock(self) -> AbstractContextManager[Any]: ...
 
 
