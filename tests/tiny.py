@@ -1,10 +1,13 @@
 """Tiny models shared by the tests (importable as ``tiny``: this folder is on ``sys.path``
 because it holds ``conftest.py``): a generator with two feature-map layers, a rule-based
-segmenter, the exception the tests raise to simulate a killed run, and checks of results
-(against brute force; two runs bit-identical)."""
+segmenter, the exception the tests raise to simulate a killed run, checks of results
+(against brute force; two runs bit-identical), and a loader for the scripts in benchmarks/."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -131,3 +134,14 @@ def assert_identical(a: dict[str, Any], b: dict[str, Any]) -> None:
         for key in RESULT_KEYS:
             x, y = getattr(a[layer], key), getattr(b[layer], key)
             assert x.dtype == y.dtype and np.array_equal(x, y), (layer, key)
+
+
+def load_benchmark(script: str, name: str | None = None) -> ModuleType:
+    """``benchmarks/<script>.py`` imported as a fresh module (named ``name``, default
+    ``script``): benchmarks are scripts, not a package."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(name or script, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -4,21 +4,14 @@ chosen on the ranking samples, never on the evaluation samples."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+from tiny import load_benchmark
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("causal_table", ROOT / "benchmarks" /
-                                                  "causal_table.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("causal_table")
 
 
 def _row(ranking: str, removal: float, ci: tuple[float, float], draws: list[float],

@@ -5,7 +5,6 @@ the cluster."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,18 +12,13 @@ from types import ModuleType
 import distributed
 import pytest
 import torch
+from tiny import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("causal_table_dask", ROOT / "benchmarks" /
-                                                  "causal_table.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("causal_table", "causal_table_dask")
 
 
 ARGS = ["--model", "planted", "--segmenter", "planted", "--layer", "layout", "--concepts",

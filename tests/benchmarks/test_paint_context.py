@@ -4,24 +4,16 @@ of the square asked for, on images that hold a suitable square."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from tiny import load_benchmark
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("paint_context", ROOT / "benchmarks" /
-                                                  "paint_context.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("paint_context")
 
 
 def test_best_square_is_the_most_covered_on_its_grid() -> None:
