@@ -9,8 +9,8 @@ many of the concept's causal units) and intensity, paint over the image and pres
 stroke"; each brush's measured effect is shown, and brushes without one say so. Every stroke
 is listed; undo, redo, reset. The expert panel paints with hand-picked units of any layer and
 shows a unit's feature map. *Upload a photo* (PNG or JPEG, any size: centre-cropped and resized
-as :func:`gandissect.load_photo` documents) inverts it into the generator (a progress bar; about
-half a minute on a CPU), shows the reconstruction beside the photo with its error (PSNR), and
+as :func:`gandissect.load_photo` documents) inverts it into the generator (a progress bar; 10-20 s
+on a CPU for the bundled GAN), shows the reconstruction beside the photo with its error (PSNR), and
 then the photo is painted like a sample: same brushes, strokes, undo and download, and only the
 painted area changes (:mod:`gandissect.paint.photo`).
 
@@ -87,7 +87,7 @@ SESSIONS = 1000
 #: Torch threads of a launched app unless OMP_NUM_THREADS is set: renders are batched, and on
 #: a busy 2-core machine two threads made one forward pass 13x slower (832 vs 65 ms).
 TORCH_THREADS = 1
-#: Photo inversions that run at once (each keeps a core busy for half a minute).
+#: Photo inversions that run at once (each keeps a core busy for 10-20 s).
 INVERSION_SLOTS = 1
 #: Largest upload the server accepts (bytes); photos over ``MAX_BYTES`` are refused with a
 #: message, larger uploads by Gradio before they are stored.
@@ -418,7 +418,7 @@ def build_app(model: str = "toyworld", segmenter: str = "toyworld", layer: str =
         with gr.Accordion("Upload a photo", open=True):
             gr.Markdown("A PNG or JPEG of any size (up to 20 MB): centre-cropped to a square "
                         "and resized to the generator's resolution. It is inverted into the "
-                        "generator (about half a minute), then painted like a sample; only "
+                        "generator (10-20 seconds), then painted like a sample; only "
                         "the painted area changes.")
             with gr.Row(equal_height=False):
                 upload_box = gr.File(label="photo (PNG or JPEG)", type="filepath",

@@ -15,7 +15,9 @@ play the photos, since their masks are exact. Prints, with ``os.getloadavg()`` b
   things, the tree brush's draw stroke in that box: tree pixels added inside the box, beside
   the same stroke's effect on a generator sample (the bar the samples set).
 
-``--out`` saves a figure (photo, reconstruction per stage, and the edits) and ``results.json``.
+``--out`` saves ``results.json`` and ``photo_edits.png`` (for the first ``--figure-rows``
+scenes, with ``--edits`` those with a tree: the photo, the reconstruction after each stage, and
+the photo with the tree removed and a tree drawn in the grass box).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 import segmenters  # noqa: E402
+from gandissect.common.imaging import to_uint8  # noqa: E402
 from gandissect.intervention.edit import intervene  # noqa: E402
 from gandissect.inversion.invert import Inversion, InversionSettings, invert  # noqa: E402
+from gandissect.paint.photo import photo_settings  # noqa: E402
 from models.toyworld.concepts import CONCEPTS  # noqa: E402
 from models.toyworld.render import render_batch  # noqa: E402
 
@@ -70,15 +74,18 @@ def _tree_pixels(seg: Any, image: torch.Tensor) -> np.ndarray:
 
 
 def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
-                strength: int, sample: torch.Tensor) -> dict[str, float]:
-    """Tree removal and tree drawing on one inverted scene (see the module docstring)."""
+                strength: int, sample: torch.Tensor,
+                images: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Tree removal and tree drawing on one inverted scene (see the module docstring); the
+    edited photos go into ``images`` (``removed``, ``drawn``) when it is given."""
     out: dict[str, float] = {}
+    images = {} if images is None else images
     photo = inv.photo[None]
     tree = masks[CONCEPTS.index("tree")]
     if tree.mean() >= 0.02:
         stroke_px = _dilate(tree, 2)
         stroke = painter.stroke("tree", "remove", stroke_px, strength=strength)
-        result = inv.composite(inv.render([stroke.edit()]))
+        result = images["removed"] = inv.composite(inv.render([stroke.edit()]))
         before = _tree_pixels(seg, photo) & tree
         after = _tree_pixels(seg, result) & before
         out["tree_removed"] = 1.0 - after.sum() / max(before.sum(), 1)
@@ -91,7 +98,7 @@ def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
         m = np.zeros(tree.shape, dtype=bool)
         m[y:y + 16, x:x + 16] = True
         stroke = painter.stroke("tree", "draw", m, strength=strength)
-        result = inv.composite(inv.render([stroke.edit()]))
+        result = images["drawn"] = inv.composite(inv.render([stroke.edit()]))
         added = _tree_pixels(seg, result) & m & ~_tree_pixels(seg, photo)
         out["tree_added_in_box"] = float(added.mean() / m.mean())
         # the same stroke on a generator sample: the samples' own bar for this box
@@ -105,6 +112,37 @@ def edit_scores(inv: Inversion, painter: Any, seg: Any, masks: np.ndarray,
     return out
 
 
+def stage_images(gen: Any, inv: Inversion) -> dict[str, torch.Tensor]:
+    """The photo and its reconstruction after each stage, ``[1, 3, R, R]`` each."""
+    with torch.no_grad():
+        return {"photo": inv.photo[None], "encoder": gen(inv.latent),
+                "optimised": dataclasses.replace(inv, model=gen, adapted=()).render(),
+                "adapted": inv.reconstruction}
+
+
+FIGURE_COLUMNS = ("photo", "encoder", "optimised", "adapted", "removed", "drawn")
+
+
+def save_figure(figure: list[tuple[int, dict[str, torch.Tensor]]], path: Path) -> None:
+    """One row per scene: the photo, each stage's reconstruction and the edited photos."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(figure), len(FIGURE_COLUMNS), squeeze=False,
+                             figsize=(1.6 * len(FIGURE_COLUMNS), 1.7 * len(figure)))
+    for row, (scene, images) in zip(axes, figure, strict=True):
+        for ax, name in zip(row, FIGURE_COLUMNS, strict=True):
+            ax.axis("off")
+            if name in images:
+                ax.imshow(to_uint8(images[name])[0])
+            ax.set_title(f"scene {scene}" if name == "photo" else name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="held-out scenes")
@@ -113,12 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edits", action="store_true", help="also measure tree remove/draw")
     p.add_argument("--strength", type=int, default=20, help="units per brush stroke")
     p.add_argument("--brush-layer", default="layer5",
-                   help="layer of the shipped brushes used for the edits (the app's default; "
-                        "at or after the inversion's layer)")
+                   help="layer of the shipped brushes used for the edits (the app's default); "
+                        "photos are inverted for it as the app does (photo_settings)")
+    p.add_argument("--invert-layer", default=None,
+                   help="invert at this layer instead (default: photo_settings' choice)")
+    p.add_argument("--adapt-after", default=None,
+                   help="adapt the layers after this one instead of after the brush layer")
     p.add_argument("--optimize-steps", type=int, default=InversionSettings.optimize_steps)
     p.add_argument("--adapt-steps", type=int, default=InversionSettings.adapt_steps)
     p.add_argument("--adapt-penalty", type=float, default=InversionSettings.adapt_penalty)
     p.add_argument("--out", default=None, help="folder for results.json and a figure")
+    p.add_argument("--figure-rows", type=int, default=4,
+                   help="scenes in the figure (with --edits: scenes with a tree to remove)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     gen = models.load("toyworld")
@@ -127,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         from models.toyworld_encoder import load_encoder
 
         encoder = load_encoder()
-    settings = InversionSettings(optimize_steps=args.optimize_steps,
-                                 adapt_steps=args.adapt_steps, adapt_penalty=args.adapt_penalty)
+    settings = photo_settings(gen.layer_names, args.brush_layer, InversionSettings(
+        optimize_steps=args.optimize_steps, adapt_steps=args.adapt_steps,
+        adapt_penalty=args.adapt_penalty))
+    if args.invert_layer or args.adapt_after:
+        settings = dataclasses.replace(settings, layer=args.invert_layer or settings.layer,
+                                       adapt_after=args.adapt_after or settings.adapt_after)
     painter = seg = None
     if args.edits:
         from gandissect.paint.painter import open_painter
@@ -137,15 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         seg = segmenters.load("toyworld")
     images, masks = render_batch(args.seed, 0, args.n)
     rows: list[dict[str, Any]] = []
+    figure: list[tuple[int, dict[str, torch.Tensor]]] = []
     for i in range(args.n):
         wall, cpu = time.perf_counter(), time.process_time()
         inv = invert(gen, torch.from_numpy(images[i]), encoder=encoder, settings=settings)
         row: dict[str, Any] = {"scene": i, **{f"psnr_{k}": v for k, v in inv.psnr.items()},
                                "wall_s": time.perf_counter() - wall,
                                "cpu_s": time.process_time() - cpu}
+        shown = stage_images(gen, inv)
         if painter is not None:
             row.update(edit_scores(inv, painter, seg, masks[i], args.strength,
-                                   gen.sample_latents(1, seed=args.seed, start=i)))
+                                   gen.sample_latents(1, seed=args.seed, start=i), shown))
+        if len(figure) < args.figure_rows and (painter is None or "removed" in shown):
+            figure.append((i, shown))
         rows.append(row)
         print(f"scene {i}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "scene")
               + f" ({_load()})", flush=True)
@@ -171,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({"summary": summary, "rows": rows},
                                                      indent=1, default=str))
+        if figure:
+            save_figure(figure, out / "photo_edits.png")
+            print(f"wrote {out / 'results.json'} and {out / 'photo_edits.png'}")
     return 0
 
 

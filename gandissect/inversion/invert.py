@@ -7,8 +7,9 @@ Three stages, each measured (PSNR against the photo):
 2. **optimise**: the features ``h`` of one layer (``layer``, the paint layer) are optimised from
    ``G_layer(z0)`` so that the rest of the generator renders the photo (pixel L1 + MSE + a
    perceptual term on fixed convolutional features);
-3. **adapt**: the parameters *after* that layer are perturbed a little (a penalty on their
-   relative change) so that the generator reproduces the photo more exactly.
+3. **adapt**: the parameters *after* that layer (or after a later layer, ``adapt_after``)
+   are perturbed a little (a penalty on their relative change) so that the generator
+   reproduces the photo more exactly.
 
 The adapted parameters live in a private copy of the generator that shares every unchanged
 tensor with the original: the shared generator is never modified (not even temporarily), so
@@ -90,11 +91,14 @@ class InversionSettings:
     #: Adam steps (and learning rate) of the adaptation; 0 skips it.
     adapt_steps: int = 250
     adapt_lr: float = 5e-3
-    #: Weight of the mean squared relative change of the adapted parameters. On the bundled
-    #: GAN (50 held-out scenes, docs/inversion.md), 0.1 reconstructs best (median 40 dB) but
-    #: lets the adapted layers redraw what a brush removes (20% of a tree removed); 1.0 keeps
-    #: more of the edit (53%) at 34 dB.
+    #: Weight of the mean squared relative change of the adapted parameters. The lower, the
+    #: closer the reconstruction and the more the adapted layers redraw what a brush removes
+    #: (docs/inversion.md).
     adapt_penalty: float = 1.0
+    #: Adapt only the parameters computed after this layer (None: after ``layer``). Set it to
+    #: the layer edits act on, so the units they set are computed by the original generator
+    #: and the adapted layers cannot relearn what a stroke removes (docs/inversion.md).
+    adapt_after: str | None = None
     #: Weight of the perceptual term (mean L1 over the feature maps).
     perceptual_weight: float = 0.2
     #: Latents tried when no encoder is given (the best one by pixel loss starts stage 2).
@@ -213,6 +217,20 @@ def adaptable_parameters(generator: nn.Module, layer: str) -> tuple[str, ...]:
                  if not any(n == f or n.startswith(f + ".") for f in frozen))
 
 
+def _adapt_after(generator: nn.Module, layer: str, after: str | None) -> str:
+    """``after`` (default ``layer``), checked to be ``layer`` or a layer after it."""
+    if after is None or after == layer:
+        return layer
+    names = list(getattr(generator, "layer_names", []) or [])
+    for name in (layer, after):
+        if name not in names:
+            raise ValueError(f"{name!r} is not one of the generator's layers {names}")
+    if names.index(after) < names.index(layer):
+        raise ValueError(f"adapt_after={after!r} comes before the inverted layer {layer!r}; "
+                         f"give {layer!r} or a layer after it")
+    return after
+
+
 class _Loss:
     """Pixel L1 + MSE + perceptual L1 against one photo."""
 
@@ -269,7 +287,7 @@ def invert(generator: Any, photo: Any, encoder: nn.Module | None = None,
     device = next(generator.parameters()).device
     photo = _check_photo(photo, resolution).to(device)
     layer = settings.layer
-    adapt = adaptable_parameters(generator, layer)
+    adapt = adaptable_parameters(generator, _adapt_after(generator, layer, settings.adapt_after))
     loss_fn = _Loss(photo, (features or RandomFeatures()).to(device), settings.perceptual_weight)
     timings: dict[str, float] = {}
     scores: dict[str, float] = {}

@@ -9,8 +9,10 @@ resolution; the shared generator is copied under the painter's lock and never mo
 :class:`PhotoStore` keeps the photos of many app sessions, bounded in bytes
 (:meth:`Photo.nbytes` counts :meth:`Inversion.state_nbytes`) and in number.
 
-Strokes on layers before the photo's layer change nothing (the inverted features replace that
-layer's output); strokes on its layer or later ones act as on samples.
+A photo is inverted a few layers before the painter's and only the layers after the
+painter's are adapted (:func:`photo_settings`). Strokes on layers before the photo's layer
+change nothing (the inverted features replace that layer's output); strokes on its layer or
+later ones act as on samples.
 """
 
 from __future__ import annotations
@@ -132,15 +134,31 @@ def _frozen(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def inversion_layer(painter: Painter) -> str:
-    """The layer a photo is inverted at for ``painter``: the one just before the painter's
-    (its first layer if the painter's is the first). Brush strokes then act on features the
-    generator computes from the optimised ones, instead of overwriting them: on the bundled GAN
-    a 20-unit tree-remove stroke at layer5 took 69% of a tree from photos inverted at layer4,
-    33% from photos inverted at layer5 (5 held-out scenes; docs/inversion.md)."""
-    layers = list(painter.layers)
-    i = layers.index(painter.layer)
-    return layers[max(i - 1, 0)]
+#: How many layers before the painter's a photo is inverted at (see :func:`photo_settings`).
+INVERSION_DEPTH = 3
+
+
+def inversion_layer(layers: Sequence[str], layer: str) -> str:
+    """The layer a photo is inverted at for brushes on ``layer`` (one of ``layers``, the
+    generator's in order): :data:`INVERSION_DEPTH` layers before it (the first layer when
+    there are fewer)."""
+    layers = list(layers)
+    if layer not in layers:
+        raise ValueError(f"{layer!r} is not one of the generator's layers {layers}")
+    return layers[max(layers.index(layer) - INVERSION_DEPTH, 0)]
+
+
+def photo_settings(layers: Sequence[str], layer: str,
+                   settings: InversionSettings | None = None) -> InversionSettings:
+    """``settings`` (default :class:`InversionSettings`) for photos edited by brushes on
+    ``layer``: features optimised at :func:`inversion_layer` and only the layers after
+    ``layer`` adapted. The brushes' units are then computed by the original generator from the
+    optimised features, instead of being optimised or adapted to the photo themselves, so a
+    remove stroke is not redrawn. On the bundled GAN (layer5 brushes, 42 held-out scenes with
+    trees; docs/inversion.md) a 20-unit tree-remove stroke took 73% of a tree this way (mean),
+    53% when inverting at layer4 and adapting everything after it."""
+    return replace(settings or InversionSettings(), layer=inversion_layer(layers, layer),
+                   adapt_after=layer)
 
 
 def invert_photo(painter: Painter, source: Any, settings: InversionSettings | None = None,
@@ -148,12 +166,13 @@ def invert_photo(painter: Painter, source: Any, settings: InversionSettings | No
                  name: str = "photo") -> Photo:
     """``source`` (a path, encoded bytes, a PIL image or an array, read by
     :func:`~gandissect.inversion.photo.load_photo` at the painter's resolution; PhotoError
-    when it is not a usable image) inverted into the painter's generator at
-    :func:`inversion_layer` (``settings.layer`` is replaced by it), so the painter's strokes act
-    on it. The shared generator is copied under the painter's lock (no render's hooks come
-    along) and never modified."""
+    when it is not a usable image) inverted into the painter's generator with
+    :func:`photo_settings` for the painter's layer (``settings.layer`` and
+    ``settings.adapt_after`` are replaced), so the painter's strokes act on it. The shared
+    generator is copied under the painter's lock (no render's hooks come along) and never
+    modified."""
     photo = load_photo(source, painter.resolution)
-    settings = replace(settings or InversionSettings(), layer=inversion_layer(painter))
+    settings = photo_settings(painter.layers, painter.layer, settings)
     generator = painter.generator
     if next(iter(generator.parameters()), None) is None:
         raise ValueError(f"the model {painter.name or type(generator).__name__!r} has no "

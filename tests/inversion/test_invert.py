@@ -3,12 +3,14 @@ shared generator is never touched, edits act on the inverted features, composite
 photo outside the change."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import models
+from gandissect.common.hooks import Trace
 from gandissect.intervention.edit import ablation
 from gandissect.inversion.invert import (
     Inversion,
@@ -74,6 +76,31 @@ def test_adapted_parameters_are_the_ones_after_the_layer(gen):
     assert len(adaptable_parameters(gen, "layer8")) < len(names)
     with pytest.raises(ValueError, match="layer"):
         adaptable_parameters(gen, "layer99")
+
+
+def test_adapt_after_leaves_the_layers_up_to_it_original(gen, scene):
+    settings = replace(FAST, layer="layer3", adapt_after="layer5", optimize_steps=5,
+                       adapt_steps=5)
+    inv = invert(gen, scene, settings=settings)
+    assert inv.layer == "layer3"
+    assert inv.adapted == adaptable_parameters(gen, "layer5")
+    assert not any(n.startswith(("layer4.", "layer5.")) for n in inv.adapted)
+    own = dict(inv.model.named_parameters())
+    for n, p in gen.named_parameters():
+        changed = not torch.equal(own[n], p)
+        assert changed <= (n in inv.adapted), f"{n} changed but was not to be adapted"
+    assert any(not torch.equal(own[n], dict(gen.named_parameters())[n]) for n in inv.adapted)
+    # the edited layer's features are what the original generator computes from the
+    # optimised ones, while the adapted layers after it render a different image
+    original = replace(inv, model=gen, adapted=())
+    with Trace(inv.model, ["layer5"]) as ours, Trace(gen, ["layer5"]) as theirs:
+        mine, plain = inv.render(), original.render()
+    assert torch.equal(ours["layer5"], theirs["layer5"])
+    assert not torch.equal(mine, plain)
+    with pytest.raises(ValueError, match="comes before the inverted layer"):
+        invert(gen, scene, settings=replace(settings, layer="layer4", adapt_after="layer2"))
+    with pytest.raises(ValueError, match="layer99"):
+        invert(gen, scene, settings=replace(settings, adapt_after="layer99"))
 
 
 def test_a_generated_image_with_its_latent_is_recovered_exactly(gen):

@@ -18,10 +18,16 @@ from PIL import Image
 
 import models
 from gandissect.common.hooks import Trace
-from gandissect.inversion.invert import InversionSettings
+from gandissect.inversion.invert import InversionSettings, adaptable_parameters
 from gandissect.inversion.photo import MAX_BYTES, PhotoError
 from gandissect.paint.painter import History, Painter
-from gandissect.paint.photo import Photo, PhotoStore, inversion_layer, invert_photo
+from gandissect.paint.photo import (
+    Photo,
+    PhotoStore,
+    inversion_layer,
+    invert_photo,
+    photo_settings,
+)
 from models.toyworld import render_scene
 
 FAST = InversionSettings(optimize_steps=30, adapt_steps=30, candidates=4)
@@ -63,15 +69,23 @@ def test_the_photo_itself_without_strokes(painter: Painter, photo: Photo,
     shown = painter.render(photo)
     assert np.array_equal(shown, np.asarray(Image.open(scene_png).convert("RGB")))
     assert not shown.flags.writeable
-    assert photo.layer == "layer3" and photo.resolution == 64  # the layer before layer4
+    assert photo.layer == "layer1" and photo.resolution == 64  # three layers before layer4
+    # only the layers after the painter's are adapted to the photo
+    assert photo.inversion.adapted == adaptable_parameters(painter.generator, "layer4")
     assert photo.psnr > 20 and "reconstruction PSNR" in photo.describe()
     assert photo.reconstruction.shape == (64, 64, 3)
 
 
-def test_photos_are_inverted_one_layer_before_the_brushes() -> None:
-    gen = models.load("toyworld")
-    for layer, expected in (("layer5", "layer4"), ("layer4", "layer3"), ("layer1", "layer1")):
-        assert inversion_layer(Painter(gen, name="toyworld", layer=layer)) == expected
+def test_photos_are_inverted_before_the_brushes_and_adapted_after_them() -> None:
+    layers = models.load("toyworld").layer_names
+    for layer, expected in (("layer5", "layer2"), ("layer4", "layer1"), ("layer2", "layer1"),
+                            ("layer8", "layer5")):
+        assert inversion_layer(layers, layer) == expected
+        settings = photo_settings(layers, layer, FAST)
+        assert (settings.layer, settings.adapt_after) == (expected, layer)
+        assert settings.optimize_steps == FAST.optimize_steps
+    with pytest.raises(ValueError, match="layer99"):
+        inversion_layer(layers, "layer99")
 
 
 def test_strokes_act_inside_undo_and_redo(painter: Painter, photo: Photo) -> None:
