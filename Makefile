@@ -28,6 +28,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/mypy app.py
+	$(BIN)/mypy benchmarks
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

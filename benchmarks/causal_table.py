@@ -179,13 +179,13 @@ def measure_sets(gen: Any, seg: Any, layer: str, sets: list[list[int]], cache: E
     for i in range(0, len(todo), chunk):
         t = time.time()
         part = todo[i:i + chunk]
-        sets = [[Edit(layer, us)] for us in part]
+        edit_sets = [[Edit(layer, us)] for us in part]
         if client is None:
-            before, after = measure_concepts(gen, seg, sets, samples, seed,
+            before, after = measure_concepts(gen, seg, edit_sets, samples, seed,
                                              batch_size=batch_size)
         else:
-            before, after = measure_concepts_on_cluster(client, gen, seg, sets, samples, seed,
-                                                        batch_size=batch_size,
+            before, after = measure_concepts_on_cluster(client, gen, seg, edit_sets, samples,
+                                                        seed, batch_size=batch_size,
                                                         label=f"sets-{layer}")
         if cache.before is None:
             cache.before = before
@@ -407,12 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     global LEDGER
     LEDGER = Ledger(cache)
     rows: list[dict[str, Any]] = []
-    where: Any = contextlib.nullcontext(None)
+    context: Any = contextlib.nullcontext(None)
     if args.cluster is not None or args.scheduler is not None:
         from gandissect.dissection.cluster import dask_client
 
-        where = dask_client(args.cluster, args.scheduler)
-    with where as client:
+        context = dask_client(args.cluster, args.scheduler)
+    with context as client:
         for layer in args.layers:
             rows += study_layer(gen, seg, args, layer, cache, client)
     plots, grids = [], []

@@ -45,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,7 @@ def memory_worker(args: argparse.Namespace) -> None:
 
 
 def print_parallel(label: str, note: str, parallel: list, runs: list, same: list,
-                   load: list) -> None:
+                   load: Sequence[float]) -> None:
     """Wall times of the parallel runs, their median ratio to one process, bit-identity and
     the load average beside them."""
     ratios = [w[0] / r[0] for w, r in zip(parallel, runs, strict=True)]

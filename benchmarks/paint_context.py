@@ -72,7 +72,7 @@ def run_case(painter: Painter, seg: Any, concept: str, context: str, n: int, siz
         seeds = list(range(start, min(start + batch, seed + scan)))
         start += len(seeds)
         masks = seg.segment(painter.render_batch([(s, ()) for s in seeds])).cpu().numpy()
-        picks = []
+        picks: list[tuple[Any, ...]] = []
         for s, m in zip(seeds, masks, strict=True):
             cov, y, x = best_square(m[xi] & ~m[ci], size)
             box = np.zeros(m.shape[1:], dtype=bool)
