@@ -35,8 +35,9 @@ from .serving import LRU
 
 #: Rendered images one photo keeps for reuse (undo/redo, the image before a stroke).
 PHOTO_CACHE = 16
-#: Bytes of inverted photos an app keeps for all its sessions (some 70 photos of 64 px, at
-#: 3.5 MB each on the bundled GAN); the least recently used are dropped first.
+#: Bytes of inverted photos an app keeps for all its sessions (on the bundled GAN some 170
+#: photos of 1.5 MB for the layer5 brushes, 70 of 3.5 MB for layer4); the least recently used
+#: are dropped first.
 PHOTO_BYTES = 256 * 2 ** 20
 #: Most inverted photos an app keeps, whatever their size.
 MAX_PHOTOS = 256
