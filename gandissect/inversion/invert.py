@@ -217,20 +217,6 @@ def adaptable_parameters(generator: nn.Module, layer: str) -> tuple[str, ...]:
                  if not any(n == f or n.startswith(f + ".") for f in frozen))
 
 
-def _adapt_after(generator: nn.Module, layer: str, after: str | None) -> str:
-    """``after`` (default ``layer``), checked to be ``layer`` or a layer after it."""
-    if after is None or after == layer:
-        return layer
-    names = list(getattr(generator, "layer_names", []) or [])
-    for name in (layer, after):
-        if name not in names:
-            raise ValueError(f"{name!r} is not one of the generator's layers {names}")
-    if names.index(after) < names.index(layer):
-        raise ValueError(f"adapt_after={after!r} comes before the inverted layer {layer!r}; "
-                         f"give {layer!r} or a layer after it")
-    return after
-
-
 class _Loss:
     """Pixel L1 + MSE + perceptual L1 against one photo."""
 
@@ -287,7 +273,13 @@ def invert(generator: Any, photo: Any, encoder: nn.Module | None = None,
     device = next(generator.parameters()).device
     photo = _check_photo(photo, resolution).to(device)
     layer = settings.layer
-    adapt = adaptable_parameters(generator, _adapt_after(generator, layer, settings.adapt_after))
+    adapt = adaptable_parameters(generator, layer)
+    if settings.adapt_after not in (None, layer):
+        later = adaptable_parameters(generator, settings.adapt_after)
+        if not set(later) <= set(adapt):
+            raise ValueError(f"adapt_after={settings.adapt_after!r} comes before the inverted "
+                             f"layer {layer!r}; give {layer!r} or a layer after it")
+        adapt = later
     loss_fn = _Loss(photo, (features or RandomFeatures()).to(device), settings.perceptual_weight)
     timings: dict[str, float] = {}
     scores: dict[str, float] = {}
