@@ -1,5 +1,5 @@
 """The causal table's verdict and its report (used by ``benchmarks/causal_table.py``): the pass
-rule at k = 20, the Markdown note, the effect-vs-k plots and strict JSON."""
+rule at k = 20, the Markdown note and the effect-vs-k plots."""
 
 from __future__ import annotations
 
@@ -52,17 +52,6 @@ def verdicts(rows: list[dict[str, Any]], k: int = 20) -> list[dict[str, Any]]:
         out.append({**best, "random_ci95": list(random_ci(best["random_removal_draws"])),
                     "pass": passes(best)})
     return out
-
-
-def strict(obj: Any) -> Any:
-    """NaN and infinities become None (strict JSON); tuples become lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [strict(v) for v in obj]
-    return obj
 
 
 def fmt_ratio(x: float) -> str:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from gandissect.common.fingerprint import fingerprint
+from gandissect.common.jsonsafe import strict_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from causal_report import (  # noqa: E402  (a sibling script, not a package)
@@ -58,13 +59,11 @@ from causal_report import (  # noqa: E402  (a sibling script, not a package)
     passes,
     random_ci,
     save_plots,
-    strict,
     verdicts,
     write_markdown,
 )
 
-__all__ = ["fmt_ratio", "passes", "random_ci", "save_plots", "strict", "verdicts",
-           "write_markdown"]
+__all__ = ["fmt_ratio", "passes", "random_ci", "save_plots", "verdicts", "write_markdown"]
 
 T0 = time.time()
 
@@ -432,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: v for k, v in vars(args).items()}}
     write_markdown(rows, args, meta, grids, out / "causal_table.md")
     (out / "causal_table.json").write_text(json.dumps(
-        strict({"meta": meta, "verdicts": verdicts(rows), "rows": rows}), indent=1))
+        strict_json({"meta": meta, "verdicts": verdicts(rows), "rows": rows}), indent=1))
     if args.docs:
         docs = Path(args.docs)
         docs.mkdir(parents=True, exist_ok=True)

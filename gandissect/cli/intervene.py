@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..common.imaging import make_grid, save_png, to_uint8
+from ..common.jsonsafe import strict_json
 from ..intervention.causal import causal_effect, random_units, unit_statistics
 from ..intervention.edit import Edit, intervene, layer_shape
 from ..intervention.ranking import (
@@ -198,17 +198,6 @@ def _grid(gen: Any, edits: list[list[Edit]], n: int, seed: int) -> np.ndarray:
     return make_grid(to_uint8(torch.cat(rows)), ncol=n, scale=2)
 
 
-def _clean(obj: Any) -> Any:
-    """Replace NaN floats by None (strict JSON)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def run(args: argparse.Namespace, mode: str) -> int:
     """Run ``ablate``/``insert`` with ``--threads`` torch threads (restored afterwards)."""
     old = torch.get_num_threads()
@@ -330,9 +319,9 @@ def _run(args: argparse.Namespace, mode: str) -> int:
         "heatmap": None if heat is None else heat.to_dict(),
         "files": files, "seconds": round(time.time() - t0, 2),
     }
-    (out / "result.json").write_text(json.dumps(_clean(result), indent=1))
+    (out / "result.json").write_text(json.dumps(strict_json(result), indent=1))
     if args.json:
-        print(json.dumps(_clean(result), indent=1))
+        print(json.dumps(strict_json(result), indent=1))
     else:
         e = res.effect
         line = (f"{mode} {args.concept} units {units} @ {args.layer}: concept fraction "
