@@ -1,6 +1,7 @@
 """GANPaint under load: N browser-like sessions editing at once (gradio_client), per operation.
 
-    python benchmarks/app_load.py [--sessions 8] [--edits 12] [--mode latency|memory|all]
+    python benchmarks/app_load.py [--sessions 8] [--edits 12]
+                                  [--mode latency|memory|upload|all]
                                   [--url http://127.0.0.1:7860/ [--pid PID]]
 
 Starts ``app.py`` in a subprocess on a free port (bundled Toyworld GAN, layer5, whose brushes
@@ -24,6 +25,10 @@ p90 paint <= 1 s with 8 sessions on an idle 2-core machine.
 resident memory (RSS, from ``/proc``: Linux) and its temporary files before and after each
 round. The bar: RSS bounded (later rounds add little: the server's caches are capped; they
 fill during the first rounds) and files bounded.
+
+``--mode upload``: one session uploads ``--uploads`` rendered Toyworld scenes (seed 7, which
+the generator never saw; 64 px PNGs) one after another, as a user waits for each: upload,
+inversion with the app's default settings, and the reconstruction shown. Prints p50 and max.
 """
 
 from __future__ import annotations
@@ -280,6 +285,30 @@ def latency(url: str, pid: int | None, args: argparse.Namespace, downloads: Path
     return met and not (solo_t.errors or many_t.errors)
 
 
+def uploads(url: str, args: argparse.Namespace, downloads: Path) -> bool:
+    """``--uploads`` photo uploads in one session, each timed until its reconstruction shows."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    from models.toyworld.render import render_batch
+
+    images, _ = render_batch(7, 0, args.uploads)
+    session, timings = Session(url, downloads, 0, args.concepts), Timings()
+    for i, image in enumerate(images):
+        path = downloads / f"upload-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.round((image.transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+        Image.fromarray(pixels).save(path)
+        out = session.call(timings, "upload_photo", handle_file(str(path)), 0)
+        print(f"  upload {i}: {timings.by_op['upload_photo'][-1]:.1f} s; {out[6]} ({load()})",
+              flush=True)
+    session.client.close()
+    xs = timings.by_op["upload_photo"]
+    print(f"summary: {len(xs)} uploads, p50 {np.percentile(xs, 50):.1f} s, max {max(xs):.1f} s "
+          f"from upload to reconstruction ({load()})")
+    return True
+
+
 def memory(url: str, pid: int | None, args: argparse.Namespace, downloads: Path,
            temp: Path | None) -> bool:
     """``--rounds`` rounds of ``--memory-sessions`` x ``--memory-edits`` edits; the server's
@@ -330,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="brushes painted in turn (comma list)")
     parser.add_argument("--sessions", type=int, default=8, help="sessions at once")
     parser.add_argument("--edits", type=int, default=12, help="strokes per session (latency)")
-    parser.add_argument("--mode", choices=("latency", "memory", "all"), default="latency")
+    parser.add_argument("--mode", choices=("latency", "memory", "upload", "all"),
+                        default="latency")
+    parser.add_argument("--uploads", type=int, default=5, help="photos uploaded (upload)")
     parser.add_argument("--memory-sessions", type=int, default=50)
     parser.add_argument("--memory-edits", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="memory rounds")
@@ -357,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.mode in ("memory", "all"):
                 ok = memory(url, pid, args, downloads,
                             None if args.url else temp / "gradio") and ok
+            if args.mode in ("upload", "all"):
+                ok = uploads(url, args, downloads) and ok
             shutil.rmtree(downloads, ignore_errors=True)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
